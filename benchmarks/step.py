@@ -1,0 +1,159 @@
+"""Seconds per traversal training step, its split, and peak memory.
+
+One step = potentials (K at once, per-sample k, t and direction), PDE terms (Laplacian in z,
+u_tt, initial condition), the flow (torchdiffeq), the variation JVP, decoding the pair, the
+classifier, backward and both optimizers. The decoder and classifier default to a reference
+pair so that figures compare across implementations:
+
+    python benchmarks/step.py                       # K=16, 5 steps, batch 256, d=10,64,324
+    python benchmarks/step.py --latent 10 --laplacian exact --repeats 20
+"""
+
+import argparse
+from functools import partial
+import resource
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from potentialflow.flows import FlowConfig, image_velocity
+from potentialflow.flows.traversal import TraversalModel, TraversalWeights
+from potentialflow.potentials import PotentialNetwork, build_pde, resolve_laplacian_mode
+
+
+def reference_decoder(latent_dim: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(latent_dim, 64 * 7 * 7),
+        nn.ReLU(),
+        nn.Unflatten(1, (64, 7, 7)),
+        nn.ConvTranspose2d(64, 32, 4, 2, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(32, 1, 4, 2, 1),
+        nn.Sigmoid(),
+    )
+
+
+class ReferenceClassifier(nn.Module):
+    def __init__(self, num_potentials: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_potentials),
+        )
+
+    def forward(self, x_a, x_b):
+        return self.net(torch.cat([x_a, x_b], dim=1))
+
+
+def build(args, latent_dim: int, laplacian: str):
+    decoder = reference_decoder(latent_dim).requires_grad_(False).eval()
+    model = TraversalModel(
+        PotentialNetwork(latent_dim, args.potentials, tuple(args.hidden)),
+        build_pde(args.pde, args.potentials),
+        ReferenceClassifier(args.potentials),
+        FlowConfig(t_end=1.0, num_points=args.steps + 1, solver="euler"),
+        laplacian,
+        args.probes,
+    )
+    potentials = [*model.potentials.parameters(), *model.pde.parameters()]
+    optimizers = [
+        torch.optim.Adam(potentials, lr=1e-4),
+        torch.optim.Adam(model.classifier.parameters(), lr=1e-4),
+    ]
+    return model, decoder, optimizers
+
+
+def full_step(model, decoder, optimizers, z0) -> None:
+    out = model(z0, decoder, TraversalWeights())
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    out.terms["loss"].backward()
+    for opt in optimizers:
+        opt.step()
+
+
+def pair_classifier_step(model, decoder, optimizers, z0) -> None:
+    """Decoding a pair and training the classifier on it, with nothing else."""
+    batch = z0.shape[0]
+    k = torch.randint(0, model.num_potentials, (batch,))
+    images = decoder(torch.cat([z0, z0 + 0.1]))
+    loss = F.cross_entropy(model.classifier(images[:batch], images[batch:]), k)
+    optimizers[1].zero_grad(set_to_none=True)
+    loss.backward()
+    optimizers[1].step()
+
+
+def generator_classifier_step(model, decoder, optimizers, z0) -> None:
+    """The decoder and classifier work of a full step: the start decoded, the end decoded in
+    forward mode with its image velocity, the classifier, and backward to the codes."""
+    batch = z0.shape[0]
+    k = torch.randint(0, model.num_potentials, (batch,))
+    z_end = (z0 + 0.1).requires_grad_(True)
+    v = torch.ones_like(z0).requires_grad_(True)
+    x_end, speed = image_velocity(decoder, z_end, v)
+    logits = model.classifier(decoder(z0.requires_grad_(True)), x_end)
+    loss = F.cross_entropy(logits, k) - torch.log(1e-4 + speed).mean()
+    optimizers[1].zero_grad(set_to_none=True)
+    loss.backward()
+    optimizers[1].step()
+
+
+def seconds_per_call(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latent", type=int, nargs="+", default=[10, 64, 324])
+    parser.add_argument("--laplacian", default="auto", choices=["auto", "exact", "hutchinson"])
+    parser.add_argument("--potentials", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
+    parser.add_argument("--probes", type=int, default=4)
+    parser.add_argument("--pde", default="wave")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, K={args.potentials}, "
+        f"{args.steps} Euler steps, batch {args.batch}, hidden {args.hidden}, PDE {args.pde}"
+    )
+    print(
+        "columns: full step; decoder + classifier work inside it (start decoded, end decoded "
+        "in forward mode for the variation term, classifier, backward); the potentials' "
+        "share (the difference); a bare pair decode + classifier step, as often quoted"
+    )
+    header = ("latent", "laplacian", "step s", "dec+cls s", "potentials s", "pair s", "RSS MiB")
+    print("".join(f"{h:>13}" for h in header))
+    for d in args.latent:
+        mode = resolve_laplacian_mode(args.laplacian, d)
+        label = f"{mode}" + (f"({args.probes})" if mode == "hutchinson" else "")
+        model, decoder, optimizers = build(args, d, mode)
+        z0 = torch.randn(args.batch, d)
+
+        parts = (model, decoder, optimizers, z0)
+        step, generator, pair = (
+            seconds_per_call(partial(fn, *parts), args.repeats)
+            for fn in (full_step, generator_classifier_step, pair_classifier_step)
+        )
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        row = (d, label, f"{step:.3f}", f"{generator:.3f}", f"{step - generator:.3f}")
+        print("".join(f"{v:>13}" for v in (*row, f"{pair:.3f}", f"{peak:.0f}")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Lightning glue: modules, data modules, checkpoints. The only package importing Lightning."""
+
+from potentialflow.lit.base import NonFiniteLossError
+from potentialflow.lit.checkpoints import CheckpointError, read_checkpoint
+from potentialflow.lit.datamodules import MNISTDataModule
+from potentialflow.lit.traversal_module import TraversalModule
+from potentialflow.lit.vae_module import VAEModule
+
+__all__ = [
+    "CheckpointError",
+    "MNISTDataModule",
+    "NonFiniteLossError",
+    "TraversalModule",
+    "VAEModule",
+    "read_checkpoint",
+]

@@ -1,0 +1,20 @@
+"""Encoders, decoders, the ELBO and the importance-sampled likelihood."""
+
+from potentialflow.vae.model import (
+    VAE,
+    bernoulli_log_prob,
+    gaussian_log_prob,
+    kl_divergence,
+    log_mean_exp,
+)
+from potentialflow.vae.networks import ConvDecoder, ConvEncoder
+
+__all__ = [
+    "VAE",
+    "ConvDecoder",
+    "ConvEncoder",
+    "bernoulli_log_prob",
+    "gaussian_log_prob",
+    "kl_divergence",
+    "log_mean_exp",
+]
