@@ -10,9 +10,9 @@ pair so that figures compare across implementations:
 """
 
 import argparse
-from functools import partial
 import resource
 import time
+from functools import partial
 
 import torch
 from torch import nn

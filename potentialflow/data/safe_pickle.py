@@ -1,9 +1,10 @@
 """An unpickler that rebuilds plain numpy arrays and nothing else.
 
 Pickles can run arbitrary code on load; data files are read with this instead, which
-refuses every global except the three that numpy's array pickling uses.
+refuses every global except the few that numpy's array pickling uses.
 """
 
+import codecs
 import io
 import pickle
 
@@ -21,6 +22,7 @@ _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes the raw bytes of an array in protocol 2
 }
 
 
@@ -32,6 +34,8 @@ class ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(
                 f"refusing to load {module}.{name}: only plain numpy arrays are allowed"
             )
+        if module == "_codecs":
+            return codecs.encode
         return _reconstruct if name == "_reconstruct" else getattr(np, name)
 
 
