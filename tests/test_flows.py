@@ -62,8 +62,12 @@ def test_c10_direction_applied_once(solver, tol, dtype):
     down = flow_end(half_square, z0, -1, num_points=2, solver=solver, step_size=0.01)
     up = flow_end(half_square, z0, +1, num_points=2, solver=solver, step_size=0.01)
     e = math.e
-    torch.testing.assert_close(down, torch.tensor([[1 / e, -2 / e]], dtype=dtype), atol=tol, rtol=0)
-    torch.testing.assert_close(up, torch.tensor([[e, -2 * e]], dtype=dtype), atol=tol * 10, rtol=tol)
+    torch.testing.assert_close(
+        down, torch.tensor([[1 / e, -2 / e]], dtype=dtype), atol=tol, rtol=0
+    )
+    torch.testing.assert_close(
+        up, torch.tensor([[e, -2 * e]], dtype=dtype), atol=tol * 10, rtol=tol
+    )
 
 
 def test_c10_euler_direction_per_sample():
@@ -86,7 +90,9 @@ def test_c11_higher_order_autodiff_through_the_flow():
     z0 = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     v = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     _, jvp = torch.autograd.functional.jvp(end, z0, v, create_graph=True)
-    torch.testing.assert_close(jvp, torch.tensor([[math.exp(-1), 0.0]]).double(), atol=1e-8, rtol=0)
+    torch.testing.assert_close(
+        jvp, torch.tensor([[math.exp(-1), 0.0]]).double(), atol=1e-8, rtol=0
+    )
     (grad,) = torch.autograd.grad(jvp.sum(), scale)
     # d/da exp(-2 a) at a = 1/2 is -2 exp(-1).
     assert abs(float(grad) + 2 * math.exp(-1)) < 1e-6
@@ -107,7 +113,9 @@ def test_c12_shift_applied_once():
 def test_c13_dtype_follows_the_codes(solver):
     net = PotentialNetwork(3, 2)
     z0 = torch.randn(4, 3)
-    path = integrate(net, z0, torch.tensor([0, 1, 0, 1]), torch.ones(4, 1), FlowConfig(solver=solver))
+    path = integrate(
+        net, z0, torch.tensor([0, 1, 0, 1]), torch.ones(4, 1), FlowConfig(solver=solver)
+    )
     assert path.dtype == torch.float32
     times = FlowConfig().times(torch.zeros(1, dtype=torch.float64))
     assert times.dtype == torch.float64

@@ -107,7 +107,15 @@ def test_frozen_decoder_does_not_move(datamodule):
 def test_c19_evaluate_runs_on_what_training_saved(trained_run, mnist_root, tmp_path, capsys):
     checkpoint = trained_run / "runs/mnist_traversal/checkpoints/last.ckpt"
     code = evaluate.main(
-        [str(checkpoint), "--out", str(tmp_path), "--num-samples", "24", "--data-root", str(mnist_root)]
+        [
+            str(checkpoint),
+            "--out",
+            str(tmp_path),
+            "--num-samples",
+            "24",
+            "--data-root",
+            str(mnist_root),
+        ]
     )
     assert code == 0
     assert (tmp_path / "traversal_grid.png").stat().st_size > 0
@@ -176,4 +184,6 @@ def test_impossible_settings_are_refused():
 def test_non_finite_loss_names_the_term():
     module = tiny_module()
     with pytest.raises(NonFiniteLossError, match=r"train/pde is nan at global step 0"):
-        module.check_finite({"loss": torch.tensor(1.0), "pde": torch.tensor(float("nan"))}, "train")
+        module.check_finite(
+            {"loss": torch.tensor(1.0), "pde": torch.tensor(float("nan"))}, "train"
+        )

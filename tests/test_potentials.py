@@ -46,7 +46,10 @@ def test_c01_laplacian_is_the_trace(dtype, tol):
     torch.testing.assert_close(lap, torch.full((4, 1), 10.0, dtype=dtype), atol=tol, rtol=0)
     # The gradient-of-summed-gradient mistake gives the row sums [1, 1, 0, 0, 0] here.
     torch.testing.assert_close(
-        laplacian(product12, z, t, k, mode="exact"), torch.zeros(4, 1, dtype=dtype), atol=tol, rtol=0
+        laplacian(product12, z, t, k, mode="exact"),
+        torch.zeros(4, 1, dtype=dtype),
+        atol=tol,
+        rtol=0,
     )
     expected = -torch.sin(z).sum(-1, keepdim=True)
     torch.testing.assert_close(
@@ -196,7 +199,9 @@ def test_batched_potentials_match_one_at_a_time():
     k = torch.tensor([4, 4, 0, 3, 1, 4, 2, 0, 4])
     together = net(z, t, k)
     for i in range(9):
-        torch.testing.assert_close(net(z[i : i + 1], t[i : i + 1], k[i : i + 1]), together[i : i + 1])
+        torch.testing.assert_close(
+            net(z[i : i + 1], t[i : i + 1], k[i : i + 1]), together[i : i + 1]
+        )
 
 
 def test_groups_pack_and_unpack_round_trip():
@@ -211,7 +216,12 @@ def test_groups_pack_and_unpack_round_trip():
 
 
 def test_pde_registry():
-    assert set(build_pde.__globals__["PDE_REGISTRY"]) == {"wave", "heat", "hamilton_jacobi", "none"}
+    assert set(build_pde.__globals__["PDE_REGISTRY"]) == {
+        "wave",
+        "heat",
+        "hamilton_jacobi",
+        "none",
+    }
     with pytest.raises(ValueError, match="unknown PDE 'poisson'"):
         build_pde("poisson", 3)
     z, t, k = batch(4, 2, torch.float64)

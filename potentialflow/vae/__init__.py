@@ -4,6 +4,7 @@ from potentialflow.vae.model import (
     VAE,
     bernoulli_log_prob,
     gaussian_log_prob,
+    importance_log_likelihood,
     kl_divergence,
     log_mean_exp,
 )
@@ -11,6 +12,7 @@ from potentialflow.vae.networks import ConvDecoder, ConvEncoder
 
 __all__ = [
     "VAE",
+    "importance_log_likelihood",
     "ConvDecoder",
     "ConvEncoder",
     "bernoulli_log_prob",

@@ -1,6 +1,7 @@
 """A Gaussian-latent VAE with a Bernoulli likelihood, its ELBO and likelihood estimate."""
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -8,7 +9,14 @@ from torch.nn import functional as F
 
 from potentialflow.vae.networks import ConvDecoder, ConvEncoder
 
-__all__ = ["VAE", "kl_divergence", "bernoulli_log_prob", "gaussian_log_prob", "log_mean_exp"]
+__all__ = [
+    "VAE",
+    "bernoulli_log_prob",
+    "gaussian_log_prob",
+    "importance_log_likelihood",
+    "kl_divergence",
+    "log_mean_exp",
+]
 
 
 def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -67,18 +75,45 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, num_samples: int = 100, chunk: int = 50) -> Tensor:
-        """Importance-sampled log p(x) per example, (batch,), with q(z|x) as the proposal.
-
-        log p(x) ~= log mean_s [p(x|z_s) p(z_s) / q(z_s|x)], z_s ~ q(z|x): the mean is over
-        the samples of each example, never over the batch.
-        """
+        """Importance-sampled log p(x) per example, (batch,), with q(z|x) as the proposal."""
         mean, logvar = self.encode(x)
-        weights = []
-        for start in range(0, num_samples, chunk):
-            n = min(chunk, num_samples - start)
-            z = mean + torch.randn(n, *mean.shape, device=x.device) * (0.5 * logvar).exp()
+
+        def log_px(z: Tensor) -> Tensor:
+            n = z.shape[0]
             logits = self.decoder(z.flatten(0, 1))
-            log_px = bernoulli_log_prob(logits, x.repeat(n, 1, 1, 1)).view(n, -1)
-            log_pz = gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
-            weights.append(log_px + log_pz - gaussian_log_prob(z, mean, logvar))
-        return log_mean_exp(torch.cat(weights), dim=0)
+            return bernoulli_log_prob(logits, x.repeat(n, *[1] * (x.dim() - 1))).view(n, -1)
+
+        return importance_log_likelihood(log_px, mean, logvar, num_samples, chunk)
+
+
+def importance_log_likelihood(
+    log_px_given_z: Callable[[Tensor], Tensor],
+    mean: Tensor,
+    logvar: Tensor,
+    num_samples: int = 100,
+    chunk: int = 50,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Importance-sampled log p(x) with a Gaussian proposal q(z|x), per example, (batch,).
+
+    log p(x) ~= log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x), z_s ~ q(z|x), with p(z) = N(0, I).
+    The mean runs over the S samples of each example, never over the batch, and the result is
+    a log-likelihood (higher is better), not its negative.
+
+    Args:
+        log_px_given_z: z (n, batch, latent_dim) -> log p(x|z) (n, batch).
+        mean, logvar: the proposal's parameters, (batch, latent_dim).
+        num_samples: S >= 1.
+        chunk: samples evaluated at once (memory).
+        generator: random generator of the samples.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    weights = []
+    for start in range(0, num_samples, chunk):
+        n = min(chunk, num_samples - start)
+        noise = torch.randn(n, *mean.shape, generator=generator).to(mean)
+        z = mean + noise * (0.5 * logvar).exp()
+        log_pz = gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+        weights.append(log_px_given_z(z) + log_pz - gaussian_log_prob(z, mean, logvar))
+    return log_mean_exp(torch.cat(weights), dim=0)
