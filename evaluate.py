@@ -2,7 +2,8 @@
 
     python evaluate.py runs/mnist_traversal/checkpoints/last.ckpt [--out DIR]
 
-Writes scores.json, traversal_grid.png and traversal.gif next to the checkpoint (or in --out).
+Writes scores.json, traversal_grid.png, traversal.gif and landscape.png next to the
+checkpoint (or in --out).
 """
 
 import argparse

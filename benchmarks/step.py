@@ -20,7 +20,12 @@ from torch.nn import functional as F
 
 from potentialflow.flows import FlowConfig, image_velocity
 from potentialflow.flows.traversal import TraversalModel, TraversalWeights
-from potentialflow.potentials import PotentialNetwork, build_pde, resolve_laplacian_mode
+from potentialflow.potentials import (
+    PotentialNetwork,
+    build_pde,
+    compute_derivatives,
+    resolve_laplacian_mode,
+)
 
 
 def reference_decoder(latent_dim: int) -> nn.Module:
@@ -106,6 +111,29 @@ def generator_classifier_step(model, decoder, optimizers, z0) -> None:
     optimizers[1].step()
 
 
+def laplacian_step(net, z, t, k, mode: str, probes: int) -> None:
+    lap = compute_derivatives(net, z, t, k, ("laplacian",), mode, probes).laplacian
+    lap.pow(2).mean().backward()
+
+
+def laplacian_scaling(args) -> None:
+    """Seconds for the Laplacian alone (forward and backward) as the latent size grows."""
+    print(f"\nLaplacian alone, forward + backward, batch {args.batch}, K={args.potentials}:")
+    print("".join(f"{h:>13}" for h in ("latent", "exact s", f"hutch({args.probes}) s")))
+    for d in args.latent:
+        net = PotentialNetwork(d, args.potentials, tuple(args.hidden))
+        z, t = torch.randn(args.batch, d), torch.rand(args.batch, 1)
+        k = torch.randint(0, args.potentials, (args.batch,))
+
+        times = [
+            seconds_per_call(
+                partial(laplacian_step, net, z, t, k, mode, args.probes), args.repeats
+            )
+            for mode in ("exact", "hutchinson")
+        ]
+        print("".join(f"{v:>13}" for v in (d, f"{times[0]:.4f}", f"{times[1]:.4f}")))
+
+
 def seconds_per_call(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -153,6 +181,7 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         row = (d, label, f"{step:.3f}", f"{generator:.3f}", f"{step - generator:.3f}")
         print("".join(f"{v:>13}" for v in (*row, f"{pair:.3f}", f"{peak:.0f}")))
+    laplacian_scaling(args)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def test_c19_evaluate_runs_on_what_training_saved(trained_run, mnist_root, tmp_p
     assert code == 0
     assert (tmp_path / "traversal_grid.png").stat().st_size > 0
     assert (tmp_path / "traversal.gif").stat().st_size > 0
+    assert (tmp_path / "landscape.png").stat().st_size > 0
     report = json.loads((tmp_path / "scores.json").read_text())
     scores = report["scores"]
     assert len(scores["accuracy_per_potential"]) == 8

