@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from potentialflow.classifier import PairClassifier
+from potentialflow.flows.constraints import pde_terms
 from potentialflow.flows.odeflow import FlowConfig, integrate
 from potentialflow.flows.variation import image_velocity, variation_loss
-from potentialflow.potentials.derivatives import compute_derivatives
 from potentialflow.potentials.networks import PotentialNetwork
-from potentialflow.potentials.pde import PDE, initial_condition_residual
+from potentialflow.potentials.pde import PDE
 
 __all__ = ["TraversalWeights", "TraversalModel", "TraversalOutput"]
 
@@ -120,33 +120,15 @@ class TraversalModel(nn.Module):
         )
         return TraversalOutput(terms, logits, k)
 
-    def collocation(self, path: Tensor, k: Tensor, generator=None) -> tuple[Tensor, ...]:
-        """Collocation points (z, t, k): half on the trajectories, half at random.
-
-        Trajectory points are detached: they say where to check the PDE, and the residual
-        should shape the potential there rather than move the points.
-        """
-        steps, batch, dim = path.shape
-        half = max(batch // 2, 1)
-        index = torch.randint(0, steps, (half,), generator=generator).to(path.device)
-        z_on = path.detach()[index, torch.arange(half, device=path.device)]
-        z_rand = torch.randn(batch - half, dim, generator=generator).to(path)
-        t_rand = torch.rand(batch - half, 1, generator=generator).to(path) * self.flow.t_end
-        z = torch.cat([z_on, z_rand])
-        t = torch.cat([self.flow.times(path)[index].unsqueeze(-1), t_rand])
-        k_rand = torch.randint(0, self.num_potentials, (batch - half,), generator=generator)
-        return z, t, torch.cat([k[:half], k_rand.to(k.device)])
-
     def pde_terms(self, path: Tensor, k: Tensor, generator=None) -> dict[str, Tensor]:
         """Mean squared PDE residual and initial-condition residual."""
-        z, t, kk = self.collocation(path, k, generator)
-        need = self.pde.needs
-        d = compute_derivatives(
-            self.potentials, z, t, kk, need, self.laplacian_mode, self.num_probes, generator
+        return pde_terms(
+            self.potentials,
+            self.pde,
+            path,
+            k,
+            self.flow,
+            self.laplacian_mode,
+            self.num_probes,
+            generator,
         )
-        residual = self.pde.residual(d, kk) if need else torch.zeros_like(d.u)
-        grad0 = self.potentials.grad_z(z, torch.zeros_like(t), kk)
-        return {
-            "pde": residual.pow(2).mean(),
-            "initial": initial_condition_residual(grad0).mean(),
-        }

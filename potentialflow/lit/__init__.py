@@ -2,7 +2,7 @@
 
 from potentialflow.lit.base import NonFiniteLossError
 from potentialflow.lit.checkpoints import CheckpointError, read_checkpoint
-from potentialflow.lit.datamodules import FactorDataModule, MNISTDataModule
+from potentialflow.lit.datamodules import FactorDataModule, MNISTDataModule, SequenceDataModule
 from potentialflow.lit.traversal_module import TraversalModule
 from potentialflow.lit.vae_module import VAEModule
 
@@ -11,6 +11,7 @@ __all__ = [
     "FactorDataModule",
     "MNISTDataModule",
     "NonFiniteLossError",
+    "SequenceDataModule",
     "TraversalModule",
     "VAEModule",
     "read_checkpoint",

@@ -8,9 +8,10 @@ from torch.utils.data import DataLoader, Dataset
 from potentialflow.data.dsprites import DSpritesFile, DSpritesGenerator
 from potentialflow.data.factors import FactorDataset, FactorSubset
 from potentialflow.data.mnist import MNISTArrays, load_mnist
+from potentialflow.data.sequences import FactorSequences, TransformedMNISTSequences
 from potentialflow.data.shapes3d import Shapes3DFile, Shapes3DRenderer
 
-__all__ = ["MNISTDataModule", "FactorDataModule", "FACTOR_SOURCES"]
+__all__ = ["MNISTDataModule", "FactorDataModule", "SequenceDataModule", "FACTOR_SOURCES"]
 
 # name -> (built-in generator, loader of the real file)
 FACTOR_SOURCES: dict[str, tuple[type[FactorDataset], type[FactorDataset]]] = {
@@ -162,3 +163,79 @@ class FactorDataModule(_SplitLoaders):
         for split, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
             # Sorted indices keep file reads in increasing order within a batch.
             self.splits[split] = FactorSubset(source, np.sort(order[lo:hi]).tolist())
+
+
+class SequenceDataModule(_SplitLoaders):
+    """Transformation sequences: batches ``(frames (B, T + 1, C, H, W), k (B,), extra)``.
+
+    ``mnist``: real MNIST digits, coloured, under rotation, scale and hue steps (K = 3, or the
+    ``transforms`` chosen). ``dsprites`` / ``shapes3d``: one ground-truth factor stepped per
+    sequence (K = the number of factors with more than one value).
+
+    Args:
+        dataset: ``mnist``, ``dsprites`` or ``shapes3d``.
+        data_root: MNIST folder (see :class:`MNISTDataModule`).
+        path: real dSprites / Shapes3D file, or None for the built-in generator.
+        num_steps: T; each sequence has T + 1 frames.
+        transforms: MNIST transformations (``rotation``, ``scale``, ``hue``).
+        batch_size: sequences per batch.
+        num_workers: DataLoader worker processes.
+        limit: MNIST only, keep the first ``limit`` digits of each split.
+        train_size, val_size, test_size: factor datasets only, sequences per split.
+        download: allow torchvision's MNIST download.
+        seed: seed of the sequences and the shuffle; the splits use seed, seed + 1, seed + 2.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        data_root: str = "data",
+        path: str | None = None,
+        num_steps: int = 6,
+        transforms: tuple[str, ...] = ("rotation", "scale", "hue"),
+        batch_size: int = 32,
+        num_workers: int = 0,
+        limit: int | None = None,
+        train_size: int = 20000,
+        val_size: int = 1000,
+        test_size: int = 2000,
+        download: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in ("mnist", *FACTOR_SOURCES):
+            allowed = ["mnist", *sorted(FACTOR_SOURCES)]
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of {allowed}")
+        _check_loader_args(batch_size, num_workers)
+        self.save_hyperparameters()
+        self.splits = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        h = self.hparams
+        for offset, split in enumerate(("train", "val", "test")):
+            self.splits[split] = self._sequences(split, h.seed + offset)
+
+    def _sequences(self, split: str, seed: int):
+        h = self.hparams
+        if h.dataset == "mnist":
+            base = MNISTArrays(load_mnist(h.data_root, h.download), split, h.limit)
+            return TransformedMNISTSequences(
+                base, h.num_steps, transforms=tuple(h.transforms), base_hue="random", seed=seed
+            )
+        generator, loader = FACTOR_SOURCES[h.dataset]
+        source = generator() if h.path is None else loader(h.path)
+        size = {"train": h.train_size, "val": h.val_size, "test": h.test_size}[split]
+        return FactorSequences(source, h.num_steps, length=size, seed=seed)
+
+    @property
+    def num_transforms(self) -> int:
+        """K: the number of transformations (or stepped factors) in the data."""
+        self.setup()
+        return self.splits["train"].num_transforms
+
+    @property
+    def transform_names(self) -> tuple[str, ...]:
+        self.setup()
+        return tuple(self.splits["train"].transform_names)

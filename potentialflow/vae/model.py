@@ -71,7 +71,7 @@ class VAE(nn.Module):
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         rec = bernoulli_log_prob(self.decoder(z), x)
         kl = kl_divergence(mean, logvar)
-        return {"reconstruction": rec, "kl": kl, "elbo": rec - beta * kl, "mean": mean}
+        return {"reconstruction": rec, "kl": kl, "elbo": rec - beta * kl, "mean": mean, "z": z}
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, num_samples: int = 100, chunk: int = 50) -> Tensor:

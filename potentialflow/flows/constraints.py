@@ -1,0 +1,62 @@
+"""PDE and initial-condition losses of K potentials at collocation points.
+
+Shared by the traversal objective and the VAE regulariser: half of the points lie on the
+flows' trajectories (detached: they say where to check the PDE, and the residual should shape
+the potential there rather than move the points), half are drawn from N(0, I) x U(0, T).
+"""
+
+import torch
+from torch import Tensor
+
+from potentialflow.flows.odeflow import FlowConfig
+from potentialflow.potentials.derivatives import compute_derivatives
+from potentialflow.potentials.networks import PotentialNetwork
+from potentialflow.potentials.pde import PDE, initial_condition_residual
+
+__all__ = ["collocation_points", "pde_terms"]
+
+
+def collocation_points(
+    path: Tensor, k: Tensor, num_potentials: int, flow: FlowConfig, generator=None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Collocation points (z, t, k), as many as there are trajectories.
+
+    Args:
+        path: (num_points, batch, latent_dim) trajectories at ``flow.times``.
+        k: (batch,) their potential indices.
+
+    Returns:
+        z (batch, latent_dim), t (batch, 1), k (batch,).
+    """
+    steps, batch, dim = path.shape
+    half = max(batch // 2, 1)
+    index = torch.randint(0, steps, (half,), generator=generator).to(path.device)
+    z_on = path.detach()[index, torch.arange(half, device=path.device)]
+    z_rand = torch.randn(batch - half, dim, generator=generator).to(path)
+    t_rand = torch.rand(batch - half, 1, generator=generator).to(path) * flow.t_end
+    z = torch.cat([z_on, z_rand])
+    t = torch.cat([flow.times(path)[index].unsqueeze(-1), t_rand])
+    k_rand = torch.randint(0, num_potentials, (batch - half,), generator=generator)
+    return z, t, torch.cat([k[:half], k_rand.to(k.device)])
+
+
+def pde_terms(
+    potentials: PotentialNetwork,
+    pde: PDE,
+    path: Tensor,
+    k: Tensor,
+    flow: FlowConfig,
+    laplacian_mode: str = "auto",
+    num_probes: int = 8,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Mean squared PDE residual (``pde``) and initial-condition residual (``initial``)."""
+    z, t, kk = collocation_points(path, k, potentials.num_potentials, flow, generator)
+    need = pde.needs
+    d = compute_derivatives(potentials, z, t, kk, need, laplacian_mode, num_probes, generator)
+    residual = pde.residual(d, kk) if need else torch.zeros_like(d.u)
+    grad0 = potentials.grad_z(z, torch.zeros_like(t), kk)
+    return {
+        "pde": residual.pow(2).mean(),
+        "initial": initial_condition_residual(grad0).mean(),
+    }
