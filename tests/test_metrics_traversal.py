@@ -15,6 +15,17 @@ from potentialflow.metrics.traversal import (
     variation_predictability,
 )
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The CNNs here are tiny: one thread is as fast, and on a shared 2-core machine a busy core
+    makes two-thread training spin in OpenMP barriers (about 100 times slower per step)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------- factor alignment
 # Factor values are stored as the pixels of (F, 1, 1) images, so a predictor can read them back
 # exactly and every matrix entry is known by construction.
