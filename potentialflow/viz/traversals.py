@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["traversal_paths", "grid_images", "save_grid", "save_gif", "to_uint8"]
+__all__ = ["traversal_paths", "grid_images", "save_alignment", "save_grid", "save_gif", "to_uint8"]
 
 
 @torch.no_grad()
@@ -65,22 +65,34 @@ def _tile(images: Tensor, pad: int = 2) -> np.ndarray:
     return canvas
 
 
-def save_grid(images: Tensor, path: str | Path, times: Sequence[float], title: str = "") -> Path:
+def save_grid(
+    images: Tensor,
+    path: str | Path,
+    times: Sequence[float],
+    title: str = "",
+    row_labels: Sequence[str] | None = None,
+) -> Path:
     """Writes a labelled traversal grid PNG.
 
     Args:
         images: (starts, K, columns, C, H, W); the middle column is the start.
         path: output PNG.
-        times: the signed flow time of each column (negative: flow down).
+        times: the signed flow time of each column (negative: flow down), or any labels.
         title: figure title.
+        row_labels: one label per row (default: the potentials u0 .. u{K-1}).
+        row_labels: one label per row (default: the potentials u0 .. u{K-1}).
     """
     starts, K, cols = images.shape[:3]
     fig, axes = plt.subplots(starts, 1, figsize=(0.55 * cols + 1, 0.55 * K * starts + 0.8))
     for i, ax in enumerate(np.atleast_1d(axes)):
         ax.imshow(_tile(images[i]), cmap="gray", vmin=0, vmax=255)
         h = images.shape[-2] + 2
-        ax.set_yticks([h * k + h / 2 - 1 for k in range(K)], [f"u{k}" for k in range(K)])
-        ax.set_xticks([h * c + h / 2 - 1 for c in range(cols)], [f"{t:+.1f}" for t in times])
+        labels = row_labels or [f"u{k}" for k in range(K)]
+        ax.set_yticks([h * k + h / 2 - 1 for k in range(K)], labels)
+        ax.set_xticks(
+            [h * c + h / 2 - 1 for c in range(cols)],
+            [f"{t:+.1f}" if isinstance(t, float) else str(t) for t in times],
+        )
         ax.tick_params(labelsize=6, length=0)
     fig.suptitle(title or "potential flows: flow down <- start -> flow up", fontsize=8)
     fig.tight_layout()
@@ -103,4 +115,28 @@ def save_gif(frames: Tensor, path: str | Path, duration_ms: int = 120) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def save_alignment(alignment: dict, path: str | Path) -> Path:
+    """Heatmap of the traversal-factor alignment: K potentials x F factors.
+
+    Args:
+        alignment: the output of ``traversal_factor_alignment`` with ``factor_names`` added.
+        path: output PNG.
+    """
+    shares = np.asarray(alignment["shares"], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * shares.shape[1], 1.0 + 0.45 * shares.shape[0]))
+    image = ax.imshow(shares, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(shares.shape[1]), alignment["factor_names"], rotation=30, fontsize=7)
+    ax.set_yticks(range(shares.shape[0]), [f"u{k}" for k in range(shares.shape[0])], fontsize=7)
+    for (k, f), value in np.ndenumerate(shares):
+        ax.text(f, k, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(image, ax=ax, label="share of factor changes")
+    ax.set_title(f"alignment score {alignment['score']:.2f}", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
     return path
