@@ -79,3 +79,15 @@ def test_datamodule_validates_its_arguments(mnist_root):
     assert x.shape == (8, 1, 28, 28) and y.shape == (8,)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         MNISTArrays(load_mnist(mnist_root), "dev")
+
+
+def test_wrong_mnist_files_are_named(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03truncated")
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x01")
+    with pytest.raises(ValueError, match=f"the MNIST files under {raw} are unreadable"):
+        load_mnist(tmp_path)
+    assert not (tmp_path / "mnist_uint8.npz").exists()

@@ -68,3 +68,28 @@ def test_configs_train_end_to_end(dataset, tmp_path, monkeypatch):
     main(["fit", "--config", str(CONFIGS / f"{dataset}_vae.yaml"), *tiny])
     main(["fit", "--config", str(CONFIGS / f"{dataset}_traversal.yaml"), *tiny])
     assert (tmp_path / f"runs/{dataset}_traversal/checkpoints/last.ckpt").is_file()
+
+
+def test_disentanglement_callback_logs_scores(tmp_path):
+    from potentialflow.lit import VAEModule
+    from potentialflow.lit.cli import make_trainer
+    from potentialflow.lit.metrics_callback import DisentanglementCallback
+
+    callback = DisentanglementCallback(
+        metrics=("mig", "dci", "active_units"), num_train=64, num_test=32
+    )
+    trainer = make_trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+    )
+    module = VAEModule(latent_dim=3, image_size=64, width=4)
+    trainer.fit(module, FactorDataModule("dsprites", **SMALL))
+    logged = trainer.callback_metrics
+    assert {"metrics/mig", "metrics/dci_disentanglement", "metrics/active_units"} <= set(logged)
+    assert 0 <= float(logged["metrics/mig"]) <= 1

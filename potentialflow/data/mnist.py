@@ -77,6 +77,21 @@ def _read_torchvision(root: Path, download: bool) -> dict[str, np.ndarray]:
     }
 
 
+def _read_checked_torchvision(root: Path) -> dict[str, np.ndarray]:
+    raw = root / "MNIST" / "raw"
+    try:
+        arrays = _read_torchvision(root, download=False)
+    except (RuntimeError, ValueError, OSError, AssertionError, EOFError) as err:
+        raise ValueError(
+            f"the MNIST files under {raw} are unreadable ({type(err).__name__}: {err}); "
+            "expected torchvision's IDX files train-images-idx3-ubyte, "
+            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+        ) from err
+    if arrays["train_images"].shape[1:] != (784,) or len(arrays["val_images"]) == 0:
+        raise ValueError(f"the MNIST files under {raw} do not hold 28x28 images in 3 splits")
+    return arrays
+
+
 def _has_torchvision_files(root: Path) -> bool:
     raw = root / "MNIST" / "raw"
     return all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in _RAW_FILES)
@@ -88,7 +103,7 @@ def _load_arrays(root: Path, download: bool) -> dict[str, np.ndarray]:
         with np.load(cache, allow_pickle=False) as f:
             return dict(f)
     if _has_torchvision_files(root):
-        arrays = _read_torchvision(root, download=False)
+        arrays = _read_checked_torchvision(root)
     elif (hub := _hub_path()) is not None:
         arrays = _read_hub(hub)
     elif download:
