@@ -78,3 +78,20 @@ def trained_run(mnist_root, tmp_path_factory) -> Path:
         )
     assert (workdir / "runs/mnist_traversal/checkpoints/last.ckpt").is_file()
     return workdir
+
+
+def train_factor_configs(dataset: str, test_size: int = 8) -> None:
+    """Runs the VAE and traversal configs of a factor dataset on tiny splits, in the cwd."""
+    from potentialflow.lit.cli import main
+
+    tiny = [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.train_size=32",
+        "--data.init_args.val_size=8",
+        f"--data.init_args.test_size={test_size}",
+        "--data.init_args.batch_size=8",
+    ]
+    main(["fit", "--config", str(CONFIGS / f"{dataset}_vae.yaml"), *tiny])
+    main(["fit", "--config", str(CONFIGS / f"{dataset}_traversal.yaml"), *tiny])

@@ -39,20 +39,10 @@ def test_metrics_that_do_not_apply_are_refused(trained_run, mnist_root, tmp_path
 
 @pytest.mark.slow
 def test_factor_data_traversal_gets_alignment_and_disentanglement(tmp_path, monkeypatch):
-    from potentialflow.lit.cli import main
-    from tests.conftest import CONFIGS
+    from tests.conftest import train_factor_configs
 
     monkeypatch.chdir(tmp_path)
-    tiny = [
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--data.init_args.train_size=32",
-        "--data.init_args.val_size=8",
-        "--data.init_args.test_size=64",
-    ]
-    main(["fit", "--config", str(CONFIGS / "dsprites_vae.yaml"), *tiny])
-    main(["fit", "--config", str(CONFIGS / "dsprites_traversal.yaml"), *tiny])
+    train_factor_configs("dsprites", test_size=64)
     checkpoint = tmp_path / "runs/dsprites_traversal/checkpoints/last.ckpt"
     assert evaluate.main([str(checkpoint), "--out", "eval", "--num-samples", "64"]) == 0
     scores = json.loads((tmp_path / "eval/scores.json").read_text())["scores"]

@@ -6,8 +6,7 @@ import torch
 from potentialflow.data.dsprites import write_synthetic_npz
 from potentialflow.data.shapes3d import write_synthetic_h5
 from potentialflow.lit import FactorDataModule
-from potentialflow.lit.cli import main
-from tests.conftest import CONFIGS
+from tests.conftest import train_factor_configs
 
 SMALL = {"train_size": 40, "val_size": 8, "test_size": 8, "batch_size": 8}
 
@@ -56,17 +55,7 @@ def test_bad_arguments_are_named():
 @pytest.mark.parametrize("dataset", ["dsprites", "shapes3d"])
 def test_configs_train_end_to_end(dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tiny = [
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--data.init_args.train_size=32",
-        "--data.init_args.val_size=8",
-        "--data.init_args.test_size=8",
-        "--data.init_args.batch_size=8",
-    ]
-    main(["fit", "--config", str(CONFIGS / f"{dataset}_vae.yaml"), *tiny])
-    main(["fit", "--config", str(CONFIGS / f"{dataset}_traversal.yaml"), *tiny])
+    train_factor_configs(dataset)
     assert (tmp_path / f"runs/{dataset}_traversal/checkpoints/last.ckpt").is_file()
 
 

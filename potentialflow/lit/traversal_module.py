@@ -1,5 +1,7 @@
 """Learning K potential flows on the latent space of a frozen VAE."""
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -16,6 +18,9 @@ from potentialflow.vae.model import VAE
 __all__ = ["TraversalModule"]
 
 VAE_KEYS = ("latent_dim", "channels", "image_size", "width")
+
+# The VAE is frozen in eval mode on purpose; Lightning's warning about it is noise here.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 
 
 def load_vae(vae_checkpoint: str | None, vae_hparams: dict | None) -> tuple[VAE, dict]:
