@@ -134,7 +134,25 @@ def integrate(
     kwargs = config.options()
     if config.adjoint:
         kwargs["adjoint_params"] = tuple(p for p in field.parameters() if p.requires_grad)
-    return solve(field, z0, config.times(z0), **kwargs)
+    trajectory = solve(field, z0, config.times(z0), **kwargs)
+    _check_finite(trajectory, k, config)
+    return trajectory
+
+
+def _check_finite(trajectory: Tensor, k: Tensor, config: FlowConfig) -> None:
+    """Raises FloatingPointError naming the potentials whose flow blew up, and where."""
+    finite = torch.isfinite(trajectory).all(dim=-1)  # (num_points, batch)
+    if bool(finite.all()):
+        return
+    first = int((~finite).any(dim=1).nonzero()[0])
+    potentials = sorted(set(k[~finite.all(dim=0)].tolist()))
+    step = config.options().get("options", {}).get("step_size", "adaptive")
+    time = float(config.times(trajectory)[first])
+    raise FloatingPointError(
+        f"the flow of potentials {potentials} became non-finite by t={time:.3g} (solver "
+        f"{config.solver!r}, step size {step}): the potential's gradient is too steep for this "
+        "step; lower step_size or the learning rate, or use an adaptive solver"
+    )
 
 
 def _check_direction(direction: Tensor, z0: Tensor) -> Tensor:

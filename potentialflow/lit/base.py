@@ -50,4 +50,5 @@ class PotentialflowModule(pl.LightningModule):
                 on_epoch=not on_step,
                 prog_bar=name in ("loss", "accuracy"),
                 batch_size=batch_size,
+                sync_dist=True,  # under DDP: the mean over processes, not rank 0's share
             )

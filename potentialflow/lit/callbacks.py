@@ -1,8 +1,8 @@
 """Callbacks and a checkpoint writer for runs that stop and resume.
 
 - :class:`RNGStateCheckpoint` stores the random streams (global torch, CUDA, numpy and Python
-  generators, and the shuffle generator of the training DataLoader) in every checkpoint, so a
-  resumed run draws the same numbers as a run that never stopped.
+  generators, and the shuffle of the training DataLoader) in every checkpoint, so a resumed
+  run draws the same numbers and sees the same batches as a run that never stopped.
 - :class:`CheckpointOnInterrupt` writes ``last.ckpt`` when a run is stopped by SIGTERM (a
   scheduler's preemption), at the batch boundary where Lightning stops.
 - :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in the target folder,
@@ -43,6 +43,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "collect_rng_states",
     "restore_rng_states",
+    "own_shuffle_generators",
 ]
 
 # Checkpoint entry written by RNGStateCheckpoint.
@@ -101,17 +102,40 @@ def _flatten_loaders(loaders: Any) -> list[DataLoader]:
     return []
 
 
-def loader_generators(trainer: pl.Trainer) -> list[torch.Generator]:
-    """The distinct generators behind the training DataLoaders (loader, sampler, batch sampler)."""
-    found: dict[int, torch.Generator] = {}
-    for loader in _flatten_loaders(trainer.train_dataloader):
-        batch_sampler = getattr(loader, "batch_sampler", None)
-        owners = (loader, loader.sampler, getattr(batch_sampler, "sampler", None))
-        for owner in owners:
-            generator = getattr(owner, "generator", None)
-            if isinstance(generator, torch.Generator):
-                found.setdefault(id(generator), generator)
-    return list(found.values())
+def _train_loaders(trainer: pl.Trainer) -> list[DataLoader]:
+    return _flatten_loaders(trainer.train_dataloader)
+
+
+def _samplers(loader: DataLoader) -> list:
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found = [loader.sampler, getattr(batch_sampler, "sampler", None)]
+    return [s for s in found if s is not None]
+
+
+def own_shuffle_generators(trainer: pl.Trainer) -> list[torch.Generator]:
+    """Gives each training sampler that shuffles with a generator one of its own.
+
+    A DataLoader draws a base seed for its workers from its generator each time an iterator is
+    made, and a RandomSampler given that same generator draws its permutation after it; the
+    permutation then depends on how many iterators were made, which differs between a run and
+    its resumption. A copy of the state, owned by the sampler alone, makes the permutations a
+    stream of their own. The first permutation is unchanged.
+
+    Returns:
+        The samplers' generators, in a fixed order.
+    """
+    generators: dict[int, torch.Generator] = {}
+    for loader in _train_loaders(trainer):
+        for sampler in _samplers(loader):
+            generator = getattr(sampler, "generator", None)
+            if not isinstance(generator, torch.Generator):
+                continue
+            if generator is loader.generator:
+                own = torch.Generator(device=generator.device)
+                own.set_state(generator.get_state())
+                sampler.generator = generator = own
+            generators.setdefault(id(generator), generator)
+    return list(generators.values())
 
 
 def _train_fetcher(trainer: pl.Trainer):
@@ -125,6 +149,17 @@ def _train_fetcher(trainer: pl.Trainer):
     return fetcher
 
 
+def _skip_batches(trainer: pl.Trainer, count: int) -> None:
+    """Draws and drops the batches of the current epoch that were already trained on."""
+    for loader in _train_loaders(trainer):
+        for sampler in _samplers(loader):
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: Lightning sets it later
+                sampler.set_epoch(trainer.current_epoch)
+    iterator = _train_fetcher(trainer).iterator
+    for _ in range(count):
+        next(iterator)  # next() on Lightning's iterator itself: iter() would restart it
+
+
 class RNGStateCheckpoint(Callback):
     """Saves and restores the random streams so that a resumed run continues them exactly.
 
@@ -133,57 +168,74 @@ class RNGStateCheckpoint(Callback):
     under :data:`RNG_KEY`:
 
     - the global torch (CPU and CUDA), numpy and Python states at the time of saving;
-    - the states of the training DataLoader's generators at the start of the current epoch,
-      and how many batches of that epoch were trained (0 at an epoch boundary, where the
-      states after the epoch are stored instead).
+    - the states of the training samplers' generators (see :func:`own_shuffle_generators`)
+      at the start of the current epoch, and how many batches of that epoch were trained; at
+      an epoch boundary, the states after the epoch and no batches.
 
-    When training starts from such a checkpoint it sets the global states back, rebuilds the
-    training iterator from the stored generator states and skips the batches already trained,
-    so the next batch, the next shuffle and the next random draw all match the uninterrupted
-    run (bitwise on CPU with deterministic algorithms). Skipping loads and drops those
-    batches, which costs time only when resuming far into an epoch.
+    When training starts from such a checkpoint it sets these states back and skips the
+    batches of the epoch already trained, so the next batch, the next shuffle and the next
+    random draw all match the uninterrupted run (bitwise on CPU with deterministic
+    algorithms). Skipping loads and drops those batches, which costs time only when resuming
+    far into an epoch.
+
+    Validation (and the sanity check) draws from the global generators too, and a resumed run
+    does not always repeat the validation the uninterrupted run did at that point. So by
+    default the global states are set back after each validation in fit: training draws one
+    stream whatever is validated in between.
 
     Limits: under DDP the states of rank 0 are stored and restored on every rank (this
-    project's ranks are seeded alike and draw alike); a DataLoader that is re-created every
-    epoch (``reload_dataloaders_every_n_epochs``) is not supported.
+    project's ranks are seeded alike and draw alike); the seeds of DataLoader worker processes
+    are not restored; skipping batches uses Lightning's ``trainer.fit_loop._data_fetcher``.
+
+    Args:
+        isolate_validation: set the global random states back after each validation in fit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, isolate_validation: bool = True) -> None:
+        self.isolate_validation = isolate_validation
+        self._outside_validation: dict[str, Any] | None = None
         self._pending: dict[str, Any] | None = None
-        self._epoch_start: list[torch.Tensor] | None = None
-        self._loader_epoch = -1
+        self._generators: list[torch.Generator] = []
+        self._epoch_start: list[torch.Tensor] = []
         self._batches_in_epoch = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._loader_epoch = trainer.current_epoch
-        self._epoch_start, self._batches_in_epoch = None, 0
+        self._generators = own_shuffle_generators(trainer)
+        self._epoch_start = [g.get_state() for g in self._generators]
+        self._batches_in_epoch = 0
         if self._pending is not None:
             states, self._pending = self._pending, None
             self._restore(trainer, states)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The first epoch of a fit runs on the iterator Lightning built before any hook;
-        # later epochs build theirs right after this hook, from the states taken here.
-        if trainer.current_epoch != self._loader_epoch:
-            self._epoch_start = [g.get_state() for g in loader_generators(trainer)]
-            self._loader_epoch = trainer.current_epoch
+        # The epoch's permutation is drawn at its first batch, after this hook.
+        self._epoch_start = [g.get_state() for g in self._generators]
         self._batches_in_epoch = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self._batches_in_epoch += 1
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.isolate_validation and trainer.state.fn == "fit":
+            self._outside_validation = collect_rng_states()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._outside_validation is not None:
+            restore_rng_states(self._outside_validation)
+            self._outside_validation = None
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
         if trainer.state.fn != "fit":
             return
-        epoch_done = self._batches_in_epoch >= trainer.num_training_batches
-        if epoch_done:
-            loaders = [g.get_state() for g in loader_generators(trainer)]
-            skip = 0
+        if self._batches_in_epoch >= trainer.num_training_batches:
+            samplers, skip = [g.get_state() for g in self._generators], 0
         else:
-            loaders, skip = self._epoch_start, self._batches_in_epoch
-        checkpoint[RNG_KEY] = {"global": collect_rng_states(), "loaders": loaders, "skip": skip}
+            samplers, skip = self._epoch_start, self._batches_in_epoch
+        # Saved during a validation (on SIGTERM): the training stream, as validation leaves it.
+        states = self._outside_validation or collect_rng_states()
+        checkpoint[RNG_KEY] = {"global": states, "samplers": samplers, "skip": skip}
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
@@ -197,29 +249,27 @@ class RNGStateCheckpoint(Callback):
 
     def _restore(self, trainer: pl.Trainer, states: dict[str, Any]) -> None:
         restore_rng_states(states["global"])
-        loaders, skip = states["loaders"], int(states["skip"])
-        fetcher = _train_fetcher(trainer) if loaders is not None or skip else None
-        if loaders is not None:
-            generators = loader_generators(trainer)
-            if len(generators) != len(loaders):
-                raise RuntimeError(
-                    f"the checkpoint holds {len(loaders)} DataLoader generator states but the "
-                    f"training DataLoaders have {len(generators)} generators"
-                )
-            for generator, state in zip(generators, loaders):
-                generator.set_state(state)
-            iter(fetcher)  # the epoch's iterator, drawn from the restored states
-        self._epoch_start, self._batches_in_epoch = loaders, skip
-        for _ in range(skip):
-            next(fetcher.iterator)
+        samplers = states["samplers"]
+        if len(samplers) != len(self._generators):
+            rank_zero_warn(
+                f"the checkpoint holds {len(samplers)} sampler generator states but the "
+                f"training DataLoaders have {len(self._generators)}: the shuffle restarts"
+            )
+            return
+        for generator, state in zip(self._generators, samplers):
+            generator.set_state(state)
+        self._epoch_start, self._batches_in_epoch = list(samplers), int(states["skip"])
+        if self._batches_in_epoch:
+            _skip_batches(trainer, self._batches_in_epoch)
 
 
 class CheckpointOnInterrupt(Callback):
     """Writes a checkpoint when Lightning stops a fit on SIGTERM.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` at the next batch boundary, so the
-    state written here is consistent (both optimizers of a manual step have run). Other
-    errors, such as a NaN loss, write nothing and keep the last good checkpoint.
+    Lightning turns SIGTERM into ``SIGTERMException`` at the next training or validation batch
+    boundary, so the state written here is consistent (both optimizers of a manual step have
+    run). Other errors, such as a NaN loss, and KeyboardInterrupt, which can strike between
+    the two optimizer steps, write nothing and keep the last good checkpoint.
 
     Args:
         dirpath: folder of the file; None uses the ModelCheckpoint's folder, else
@@ -246,9 +296,11 @@ class CheckpointOnInterrupt(Callback):
     ) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
+        if trainer.sanity_checking:
+            return  # nothing trained yet: keep whatever checkpoint is there
         self._reason = "SIGTERM"
         try:
-            trainer.save_checkpoint(self.checkpoint_path(trainer))
+            trainer.save_checkpoint(self.checkpoint_path(trainer), weights_only=False)
         finally:
             self._reason = None
 
@@ -260,6 +312,7 @@ class CheckpointOnInterrupt(Callback):
 
 
 def _current_umask() -> int:
+    # os.umask can only be read by setting it; it is set back at once.
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -285,8 +338,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(
-        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+        self,
+        checkpoint: dict[str, Any],
+        path: str | os.PathLike,
+        storage_options: Any | None = None,
     ) -> None:
+        """Writes ``checkpoint`` to ``path`` atomically (local paths) or with Lightning."""
         if "://" in str(path) and not str(path).startswith("file://"):
             super().save_checkpoint(checkpoint, path, storage_options)
             return

@@ -104,6 +104,9 @@ class PotentialNetwork(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(_uniform(num_potentials, fan_in, fan_out, bound)))
             self.biases.append(nn.Parameter(_uniform(num_potentials, 1, fan_out, bound)))
+        # u_k matters only up to a constant: no flow or PDE term sees the output bias, and DDP
+        # (find_unused_parameters=False) refuses a parameter that never gets a gradient.
+        self.biases[-1].requires_grad_(False)
 
     def forward(self, z: Tensor, t: Tensor, k: Tensor) -> Tensor:
         """Evaluates u_k(z, t).
