@@ -123,14 +123,14 @@ def _jet_derivatives(potential, z, t, k, need, mode, num_probes, generator) -> D
     want_lap, want_time = "laplacian" in need, bool({"u_t", "u_tt"} & need)
     exact_grad = want_lap and mode == "exact"
     if want_lap and mode == "exact":
-        directions = torch.eye(dim, dtype=z.dtype, device=z.device).expand(batch, dim, dim)
+        directions = None  # the d unit vectors of z
     elif want_lap:
         directions = rademacher(batch, num_probes, dim, z, generator)
     else:
         directions = z.new_zeros(batch, 0, dim)
     jet = potential.jet(z, t, k, directions, time=want_time)
     out = Derivatives(u=jet.value)
-    probes = directions.shape[1]
+    probes = dim if directions is None else directions.shape[1]
     if want_lap:
         second = jet.second[:, :probes]
         lap = second.sum(-1) if mode == "exact" else second.mean(-1)

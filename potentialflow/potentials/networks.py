@@ -146,41 +146,86 @@ class PotentialNetwork(nn.Module):
             delta = torch.bmm(delta * slopes[i], w.transpose(1, 2))
         return groups.unpack(delta)
 
-    def jet(self, z: Tensor, t: Tensor, k: Tensor, directions: Tensor, time: bool) -> Jet:
+    def jet(
+        self,
+        z: Tensor,
+        t: Tensor,
+        k: Tensor,
+        directions: Tensor | None,
+        time: bool,
+        chunk: int = 32,
+    ) -> Jet:
         """First and second directional derivatives along ``directions`` (and t).
 
         Args:
             z: (batch, latent_dim).
             t: (batch, 1).
             k: (batch,).
-            directions: (batch, P, latent_dim) directions in z (unit vectors for the exact
-                Laplacian, Rademacher probes for Hutchinson's estimate). P may be 0.
+            directions: (batch, P, latent_dim) directions in z (e.g. Rademacher probes for
+                Hutchinson's estimate; P may be 0), or None for the d unit vectors (the exact
+                Laplacian and the gradient).
             time: if True, the t direction is appended last, giving u_t and u_tt.
+            chunk: directions propagated at once; bounds the working set so the cost stays
+                linear in P instead of spilling out of the cache.
 
         Returns:
             A :class:`Jet` with P (+1 if ``time``) directions.
         """
-        e, e_t, e_tt = self.embed.jet(t)
-        batch, emb = z.shape[0], e.shape[-1]
-        dx = torch.cat([directions, directions.new_zeros(batch, directions.shape[1], emb)], -1)
-        d2x = torch.zeros_like(dx)
-        if time:
-            zeros = z.new_zeros(batch, 1, self.latent_dim)
-            dx = torch.cat([dx, torch.cat([zeros, e_t.unsqueeze(1)], -1)], dim=1)
-            d2x = torch.cat([d2x, torch.cat([zeros, e_tt.unsqueeze(1)], -1)], dim=1)
         groups = Groups(k, self.num_potentials)
-        h = groups.pack(torch.cat([z, e], dim=-1))  # (K, M, in)
-        K, M, P = h.shape[0], h.shape[1], dx.shape[1]
-        dh, d2h = groups.pack(dx).flatten(1, 2), groups.pack(d2x).flatten(1, 2)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h, dh, d2h = torch.baddbmm(b, h, w), torch.bmm(dh, w), torch.bmm(d2h, w)
-            if i < len(self.weights) - 1:
-                f, df, ddf = (a.unsqueeze(2) for a in self.act(h))
-                dh, d2h = dh.view(K, M, P, -1), d2h.view(K, M, P, -1)
-                h = f.squeeze(2)
-                dh, d2h = (df * dh).flatten(1, 2), (df * d2h + ddf * dh * dh).flatten(1, 2)
-        first, second = dh.view(K, M, P), d2h.view(K, M, P)
-        return Jet(groups.unpack(h), groups.unpack(first), groups.unpack(second))
+        e, e_t, e_tt = (groups.pack(x) for x in self.embed.jet(t))
+        h = torch.cat([groups.pack(z), e], dim=-1)
+        slopes = []
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            h, df, ddf = self.act(torch.baddbmm(b, h, w))
+            slopes.append((df.unsqueeze(2), ddf.unsqueeze(2)))
+        value = torch.baddbmm(self.biases[-1], h, self.weights[-1])
+        count = self.latent_dim if directions is None else directions.shape[1]
+        parts = [
+            self._propagate(*self._z_jet(groups, directions, start, chunk), slopes)
+            for start in range(0, count, chunk)
+        ]
+        if time:
+            parts.append(self._propagate(*self._t_jet(e_t, e_tt), slopes))
+        if parts:
+            first, second = (torch.cat(p, dim=2) for p in zip(*parts))
+        else:
+            first = second = value.new_zeros(*value.shape[:2], 0)
+        return Jet(groups.unpack(value), groups.unpack(first), groups.unpack(second))
+
+    def _z_jet(self, groups, directions, start: int, chunk: int) -> tuple[Tensor, Tensor]:
+        """First-layer derivatives along directions [start, start + chunk), (K, M, P, hidden).
+
+        Along a unit vector e_i of z the derivative is row i of the first weight matrix, the
+        same for every sample, and the second derivative is zero.
+        """
+        w_z = self.weights[0][:, : self.latent_dim]
+        K, hidden, rows = w_z.shape[0], w_z.shape[-1], groups.rows
+        if directions is None:
+            block = w_z[:, start : start + chunk]
+            d1 = block.unsqueeze(1).expand(K, rows, block.shape[1], hidden)
+        else:
+            packed = groups.pack(directions[:, start : start + chunk])  # (K, M, P, d)
+            d1 = torch.bmm(packed.flatten(1, 2), w_z).view(K, rows, -1, hidden)
+        return d1, torch.zeros_like(d1)
+
+    def _t_jet(self, e_t: Tensor, e_tt: Tensor) -> tuple[Tensor, Tensor]:
+        """First-layer derivatives along t, (K, M, 1, hidden)."""
+        w_t = self.weights[0][:, self.latent_dim :]
+        return torch.bmm(e_t, w_t).unsqueeze(2), torch.bmm(e_tt, w_t).unsqueeze(2)
+
+    def _propagate(self, d1: Tensor, d2: Tensor, slopes) -> tuple[Tensor, Tensor]:
+        """Pushes first-layer derivatives through the network: (K, M, P) each."""
+        K, M, P = d1.shape[:3]
+        for i, (df, ddf) in enumerate(slopes):
+            if i > 0:
+                w = self.weights[i]
+                d1 = torch.bmm(d1.flatten(1, 2), w).view(K, M, P, -1)
+                d2 = torch.bmm(d2.flatten(1, 2), w).view(K, M, P, -1)
+            d1, d2 = df * d1, df * d2 + ddf * d1 * d1
+        w = self.weights[-1]
+        d1 = torch.bmm(d1.flatten(1, 2), w).view(K, M, P)
+        d2 = torch.bmm(d2.flatten(1, 2), w).view(K, M, P)
+        return d1, d2
 
 
 class Groups:
