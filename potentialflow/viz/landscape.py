@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from potentialflow.flows.odeflow import FlowConfig, integrate  # noqa: E402
+from potentialflow.viz.traversals import save_figure
 
 __all__ = ["flow_lines", "flow_plane", "landscape_values", "save_landscape"]
 
@@ -233,11 +234,7 @@ def save_landscape(
     for ax in axes[shown:]:
         ax.set_visible(False)
     _decorate(fig, time, num_potentials, shown, plane is None, num_lines > 0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def _draw_panel(fig, ax, potential, k, center, plane, flow_config, time, extent, resolution):

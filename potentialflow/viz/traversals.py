@@ -65,6 +65,18 @@ def _tile(images: Tensor, pad: int = 2) -> np.ndarray:
     return canvas
 
 
+def save_figure(fig, path: str | Path, dpi: int = 150, tight: bool = True) -> Path:
+    """Lays out (unless the figure has its own layout), writes and closes a matplotlib
+    figure; creates the folder."""
+    if tight:
+        fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def save_grid(
     images: Tensor,
     path: str | Path,
@@ -95,12 +107,7 @@ def save_grid(
         )
         ax.tick_params(labelsize=6, length=0)
     fig.suptitle(title or "potential flows: flow down <- start -> flow up", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_gif(frames: Tensor, path: str | Path, duration_ms: int = 120) -> Path:
@@ -134,9 +141,4 @@ def save_alignment(alignment: dict, path: str | Path) -> Path:
         ax.text(f, k, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w")
     fig.colorbar(image, ax=ax, label="share of factor changes")
     ax.set_title(f"alignment score {alignment['score']:.2f}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
