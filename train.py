@@ -5,7 +5,13 @@
         --model.init_args.vae_checkpoint runs/mnist_vae/checkpoints/last.ckpt
 """
 
+import sys
+
 from potentialflow.lit.cli import main
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # bad settings and data: the message names value and choices
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -32,9 +32,15 @@ def read_checkpoint(path: str | Path, expected: tuple[str, ...] | None = None) -
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        # torch's own message suggests weights_only=False, which would run arbitrary code.
+        reason = (
+            "it holds objects other than tensors and plain containers"
+            if isinstance(err, pickle.UnpicklingError)
+            else str(err).splitlines()[0]
+        )
         raise CheckpointError(
             f"{str(path)!r} is not a readable checkpoint (expected a .ckpt written by "
-            f"train.py): {str(err).splitlines()[0]}"
+            f"train.py, loaded weights-only): {reason}"
         ) from err
     if not isinstance(ckpt, dict) or MARKER not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(

@@ -80,6 +80,7 @@ def held_out_scores(module: TraversalModule, loader, num_samples: int, seed: int
     K = module.hparams.num_potentials
     hits, total, sums, batches, seen = torch.zeros(K), torch.zeros(K), {}, 0, 0
     for index, batch in enumerate(track(loader, description="held-out pairs", transient=True)):
+        batch = [part[: num_samples - seen] for part in batch]
         generator = torch.Generator().manual_seed(seed * 100003 + index)
         out = module.compute(batch, generator)
         hits += torch.bincount(out.k, (out.logits.argmax(-1) == out.k).float(), K)
