@@ -83,10 +83,8 @@ class GradientField(nn.Module):
         super().__init__()
         self.potential, self.k, self.direction = potential, k, direction
         self.create_graph = torch.is_grad_enabled()
-        self.evaluations = 0
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        self.evaluations += 1
         t = t.to(z.dtype).expand(z.shape[0], 1)
         return self.direction * self.gradient(z, t)
 
