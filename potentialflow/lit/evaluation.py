@@ -140,6 +140,15 @@ def first_images(loader, count: int) -> torch.Tensor:
     return torch.cat(images)[:count]
 
 
+def spread_images(dataset, count: int) -> torch.Tensor:
+    """``count`` images at evenly spaced positions of a split, (count, C, H, W).
+
+    Factor splits are sorted by grid index, so their first images share most factors.
+    """
+    positions = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
+    return torch.stack([dataset[i][0] for i in positions])
+
+
 def traversal_scores(module, datamodule, metrics, options: dict) -> dict:
     """Held-out accuracy, variation predictability and, on factor data, VAE-code and
     traversal-factor alignment scores."""
@@ -288,10 +297,9 @@ def evaluate_checkpoint(
         "likelihood_images": likelihood_images,
         "likelihood_samples": likelihood_samples,
     }
-    images = first_images(datamodule.test_dataloader(), num_starts)
     if isinstance(module, TraversalModule):
         scores = traversal_scores(module, datamodule, metrics, options)
-        figures = draw(module, images, out)
+        figures = draw(module, spread_images(datamodule.splits["test"], num_starts), out)
         if "alignment" in scores:
             figures["alignment"] = str(save_alignment(scores["alignment"], out / "alignment.png"))
     else:
