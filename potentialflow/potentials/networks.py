@@ -180,12 +180,17 @@ class PotentialNetwork(nn.Module):
             slopes.append((df.unsqueeze(2), ddf.unsqueeze(2)))
         value = torch.baddbmm(self.biases[-1], h, self.weights[-1])
         count = self.latent_dim if directions is None else directions.shape[1]
-        parts = [
-            self._propagate(*self._z_jet(groups, directions, start, chunk), slopes)
-            for start in range(0, count, chunk)
+        blocks = [
+            self._z_jet(groups, directions, start, chunk) for start in range(0, count, chunk)
         ]
         if time:
-            parts.append(self._propagate(*self._t_jet(e_t, e_tt), slopes))
+            # Riding along with the last block saves a pass of small ops at small d.
+            t_block = self._t_jet(e_t, e_tt)
+            if blocks:
+                blocks[-1] = tuple(torch.cat(pair, dim=2) for pair in zip(blocks[-1], t_block))
+            else:
+                blocks.append(t_block)
+        parts = [self._propagate(d1, d2, slopes) for d1, d2 in blocks]
         if parts:
             first, second = (torch.cat(p, dim=2) for p in zip(*parts))
         else:
