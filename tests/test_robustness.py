@@ -29,6 +29,7 @@ from potentialflow.lit import (
     CheckpointError,
     MNISTDataModule,
     NonFiniteLossError,
+    SequenceDataModule,
     TraversalModule,
     VAEModule,
     read_checkpoint,
@@ -57,7 +58,19 @@ def tiny_traversal() -> TraversalModule:
     return TraversalModule(vae_hparams=TINY_VAE, num_potentials=3, hidden_dims=(16,))
 
 
-MODULES = {"vae": tiny_vae, "traversal": tiny_traversal}
+def tiny_regularised() -> VAEModule:
+    regulariser = {"num_potentials": 3, "hidden_dims": (16,)}
+    return VAEModule(latent_dim=4, channels=3, width=8, regulariser=regulariser)
+
+
+MODULES = {"vae": tiny_vae, "traversal": tiny_traversal, "regularised": tiny_regularised}
+
+
+def data_for(kind: str, mnist_root):
+    """Images for the VAE and the traversal; transformation sequences for the regulariser."""
+    if kind == "regularised":
+        return SequenceDataModule("mnist", str(mnist_root), num_steps=2, batch_size=8, seed=0)
+    return MNISTDataModule(str(mnist_root), batch_size=16, num_workers=0, seed=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +135,7 @@ def fit(
     """Seeds, builds a fresh tiny module and trains it on the fake MNIST."""
     seed_everything(0, verbose=False)
     module = MODULES[kind]()
-    data = MNISTDataModule(str(mnist_root), batch_size=16, num_workers=0, seed=0)
+    data = data_for(kind, mnist_root)
     recorder = StreamRecorder()
     callbacks = checkpoint_callbacks(folder)
     if not rng:
@@ -194,7 +207,7 @@ def reference(deterministic, mnist_root, tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["vae", "traversal"])
+@pytest.mark.parametrize("kind", ["vae", "traversal", "regularised"])
 def test_resume_at_an_epoch_boundary_is_bitwise_exact(kind, reference, mnist_root, tmp_path):
     fit(kind, mnist_root, tmp_path, max_epochs=1)
     last = tmp_path / "last.ckpt"
