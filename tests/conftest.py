@@ -40,6 +40,14 @@ def mnist_root(tmp_path_factory) -> Path:
     return root
 
 
+def quiet_trainer(**kwargs):
+    """This project's Trainer without loggers, progress bars or summaries; kwargs override."""
+    from potentialflow.lit.cli import make_trainer
+
+    defaults = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return make_trainer(**{**defaults, **kwargs})
+
+
 def tiny_args(data_root: Path, *extra: str) -> list[str]:
     """Command-line overrides that shrink any config to a few quick batches."""
     return [

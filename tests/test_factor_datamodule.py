@@ -6,7 +6,7 @@ import torch
 from potentialflow.data.dsprites import write_synthetic_npz
 from potentialflow.data.shapes3d import write_synthetic_h5
 from potentialflow.lit import FactorDataModule
-from tests.conftest import train_factor_configs
+from tests.conftest import quiet_trainer, train_factor_configs
 
 SMALL = {"train_size": 40, "val_size": 8, "test_size": 8, "batch_size": 8}
 
@@ -61,18 +61,15 @@ def test_configs_train_end_to_end(dataset, tmp_path, monkeypatch):
 
 def test_disentanglement_callback_logs_scores(tmp_path):
     from potentialflow.lit import VAEModule
-    from potentialflow.lit.cli import make_trainer
     from potentialflow.lit.metrics_callback import DisentanglementCallback
 
     callback = DisentanglementCallback(
         metrics=("mig", "dci", "active_units"), num_train=64, num_test=32
     )
-    trainer = make_trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
         enable_checkpointing=False,
         callbacks=[callback],
         default_root_dir=tmp_path,

@@ -15,7 +15,8 @@ from potentialflow.lit import (
     TraversalModule,
     read_checkpoint,
 )
-from potentialflow.lit.cli import main, make_trainer
+from potentialflow.lit.cli import main
+from tests import conftest
 from tests.conftest import CONFIGS, tiny_args
 
 TINY_VAE = {"latent_dim": 4, "channels": 1, "image_size": 28, "width": 8}
@@ -28,14 +29,7 @@ def tiny_module(**overrides) -> TraversalModule:
 
 
 def quiet_trainer(**kwargs):
-    defaults = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "max_epochs": 1,
-    }
-    return make_trainer(**{**defaults, **kwargs})
+    return conftest.quiet_trainer(**{"enable_checkpointing": False, "max_epochs": 1, **kwargs})
 
 
 @pytest.fixture()

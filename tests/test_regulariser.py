@@ -6,8 +6,7 @@ import yaml
 
 from potentialflow.lit import SequenceDataModule, VAEModule, read_checkpoint
 from potentialflow.lit.checkpoints import construct
-from potentialflow.lit.cli import make_trainer
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, quiet_trainer
 
 REGULARISER = {"num_potentials": 3, "hidden_dims": (16,)}
 
@@ -23,14 +22,7 @@ def sequences(mnist_root):
 
 
 def trainer(tmp_path, **kwargs):
-    defaults = {
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "limit_val_batches": 1,
-        "default_root_dir": tmp_path,
-    }
-    return make_trainer(**{**defaults, **kwargs})
+    return quiet_trainer(**{"limit_val_batches": 1, "default_root_dir": tmp_path, **kwargs})
 
 
 def test_losses_and_gradients_are_finite_in_every_parameter_group(sequences):

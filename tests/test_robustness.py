@@ -43,8 +43,8 @@ from potentialflow.lit.callbacks import (
     collect_rng_states,
     restore_rng_states,
 )
-from potentialflow.lit.cli import main, make_trainer
-from tests.conftest import CONFIGS, ROOT, tiny_args
+from potentialflow.lit.cli import main
+from tests.conftest import CONFIGS, ROOT, quiet_trainer, tiny_args
 
 TINY_VAE = {"latent_dim": 4, "channels": 1, "image_size": 28, "width": 8}
 BATCHES_PER_EPOCH = 3  # N: one epoch; the uninterrupted run trains 2N batches
@@ -140,13 +140,10 @@ def fit(
     callbacks = checkpoint_callbacks(folder)
     if not rng:
         callbacks = [cb for cb in callbacks if not isinstance(cb, RNGStateCheckpoint)]
-    trainer = make_trainer(
+    trainer = quiet_trainer(
         max_epochs=max_epochs,
         limit_train_batches=BATCHES_PER_EPOCH,
         limit_val_batches=val_batches,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=folder,
         callbacks=[recorder, *callbacks, *extra],
     )
@@ -319,13 +316,10 @@ class CheckpointProbe(Callback):
 def test_configs_write_a_checkpoint_every_epoch(config, mnist_root, tmp_path):
     args = {**config_checkpoint_args(config), "dirpath": tmp_path}
     probe = CheckpointProbe(tmp_path / "last.ckpt")
-    trainer = make_trainer(
+    trainer = quiet_trainer(
         max_epochs=3,
         limit_train_batches=1,
         limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[probe, ModelCheckpoint(**args)],
     )
     trainer.fit(tiny_vae(), MNISTDataModule(str(mnist_root), batch_size=16))
@@ -455,13 +449,10 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(
 ):
     plugins = config_plugins("mnist_vae.yaml") if writer == "config" else [AtomicCheckpointIO()]
     module = tiny_vae()
-    trainer = make_trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         plugins=plugins or None,
         callbacks=checkpoint_callbacks(tmp_path),
     )
@@ -498,12 +489,9 @@ def quiet_fit(module, mnist_root, folder, ckpt_path=None, **kwargs) -> object:
         "max_epochs": 1,
         "limit_train_batches": 3,
         "limit_val_batches": 0,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
         "callbacks": checkpoint_callbacks(folder),
     }
-    trainer = make_trainer(**{**defaults, **kwargs})
+    trainer = quiet_trainer(**{**defaults, **kwargs})
     trainer.fit(module, MNISTDataModule(str(mnist_root), batch_size=16), ckpt_path=ckpt_path)
     return trainer
 
