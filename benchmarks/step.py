@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from potentialflow.flows import FlowConfig, image_velocity
+from potentialflow.flows import FlowConfig, variation_loss
 from potentialflow.flows.traversal import TraversalModel, TraversalWeights
 from potentialflow.potentials import (
     PotentialNetwork,
@@ -68,11 +68,12 @@ def build(args, latent_dim: int, laplacian: str):
         FlowConfig(t_end=1.0, num_points=args.steps + 1, solver="euler"),
         laplacian,
         args.probes,
+        variation_samples=args.variation_samples,
     )
     potentials = [*model.potentials.parameters(), *model.pde.parameters()]
-    optimizers = [
-        torch.optim.Adam(potentials, lr=1e-4),
-        torch.optim.Adam(model.classifier.parameters(), lr=1e-4),
+    optimizers = [  # as TraversalModule configures them
+        torch.optim.Adam(potentials, lr=1e-4, fused=True),
+        torch.optim.Adam(model.classifier.parameters(), lr=1e-4, fused=True),
     ]
     return model, decoder, optimizers
 
@@ -86,27 +87,30 @@ def full_step(model, decoder, optimizers, z0) -> None:
         opt.step()
 
 
-def pair_classifier_step(model, decoder, optimizers, z0) -> None:
-    """Decoding a pair and training the classifier on it, with nothing else."""
-    batch = z0.shape[0]
-    k = torch.randint(0, model.num_potentials, (batch,))
-    images = decoder(torch.cat([z0, z0 + 0.1]))
-    loss = F.cross_entropy(model.classifier(images[:batch], images[batch:]), k)
+def pair_step(model, decoder, optimizers, z0) -> None:
+    """Decoding a pair and training the classifier on it, with nothing else.
+
+    The two halves are decoded in two calls, as the full step decodes them: on a 2-core CPU
+    one call on twice the batch is markedly slower (its activations leave the cache), and
+    that would flatter the potentials' share.
+    """
+    k = torch.randint(0, model.num_potentials, (z0.shape[0],))
+    loss = F.cross_entropy(model.classifier(decoder(z0), decoder(z0 + 0.1)), k)
     optimizers[1].zero_grad(set_to_none=True)
     loss.backward()
     optimizers[1].step()
 
 
 def generator_classifier_step(model, decoder, optimizers, z0) -> None:
-    """The decoder and classifier work of a full step: the start decoded, the end decoded in
-    forward mode with its image velocity, the classifier, and backward to the codes."""
+    """The decoder and classifier work of a full step, as the model does it (start decoded,
+    end decoded with the variation term's forward-mode pass on a subset), the classifier, and
+    backward to the end codes."""
     batch = z0.shape[0]
-    k = torch.randint(0, model.num_potentials, (batch,))
+    k, s = model.sample_labels(batch, z0)
     z_end = (z0 + 0.1).requires_grad_(True)
-    v = torch.ones_like(z0).requires_grad_(True)
-    x_end, speed = image_velocity(decoder, z_end, v)
-    logits = model.classifier(decoder(z0.requires_grad_(True)), x_end)
-    loss = F.cross_entropy(logits, k) - torch.log(1e-4 + speed).mean()
+    x_start, x_end, speed = model.decode_pair(z0, z_end, k, s, decoder)
+    logits = model.classifier(x_start, x_end)
+    loss = F.cross_entropy(logits, k) + variation_loss(speed, model.variation_form, 1e-6)
     optimizers[1].zero_grad(set_to_none=True)
     loss.backward()
     optimizers[1].step()
@@ -137,14 +141,25 @@ def laplacian_scaling(args) -> None:
 
 def seconds_per_call(fn, repeats: int, warmup: int = 2) -> float:
     """Median seconds of one call: robust to the other jobs of a shared machine."""
+    return statistics.median(interleaved_times([fn], repeats, warmup)[0])
+
+
+def interleaved_times(fns, repeats: int, warmup: int = 2) -> list[list[float]]:
+    """Seconds of each call of each function, the functions taking turns.
+
+    Taking turns puts each function's calls under the same drift of a shared machine's
+    speed, so the per-round differences between them are fair.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -157,6 +172,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--pde", default="wave")
+    parser.add_argument("--variation-samples", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -165,13 +181,14 @@ def main() -> None:
         f"{args.steps} Euler steps, batch {args.batch}, hidden {args.hidden}, PDE {args.pde}"
     )
     print(
-        "median seconds per call; columns: full step; decoder + classifier work inside it "
-        "(start decoded, end decoded in forward mode for the variation term, classifier, "
-        "backward); the rest of the step; a bare pair decode + classifier step (the step "
-        "minus this is the potentials' share as the paper's figures count it)"
+        "median seconds per call, the calls taking turns; columns: full step; decoder + "
+        "classifier work inside it (start decoded, end decoded with the variation term's "
+        f"forward-mode pass on {args.variation_samples} samples, classifier, backward); the "
+        "rest of the step; a bare pair decode + classifier step; the potentials' share as the "
+        "paper's figures count it (median over rounds of step minus pair step)"
     )
-    header = ("latent", "laplacian", "step s", "dec+cls s", "rest s", "pair s", "RSS MiB")
-    print("".join(f"{h:>13}" for h in header))
+    header = ("latent", "laplacian", "step s", "dec+cls s", "rest s", "pair s", "share s")
+    print("".join(f"{h:>13}" for h in (*header, "RSS MiB")))
     for d in args.latent:
         mode = resolve_laplacian_mode(args.laplacian, d)
         label = f"{mode}" + (f"({args.probes})" if mode == "hutchinson" else "")
@@ -179,13 +196,13 @@ def main() -> None:
         z0 = torch.randn(args.batch, d)
 
         parts = (model, decoder, optimizers, z0)
-        step, generator, pair = (
-            seconds_per_call(partial(fn, *parts), args.repeats)
-            for fn in (full_step, generator_classifier_step, pair_classifier_step)
-        )
+        fns = [partial(fn, *parts) for fn in (full_step, generator_classifier_step, pair_step)]
+        steps, generators, pairs = interleaved_times(fns, args.repeats)
+        step, generator, pair = map(statistics.median, (steps, generators, pairs))
+        share = statistics.median(a - b for a, b in zip(steps, pairs))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         row = (d, label, f"{step:.3f}", f"{generator:.3f}", f"{step - generator:.3f}")
-        print("".join(f"{v:>13}" for v in (*row, f"{pair:.3f}", f"{peak:.0f}")))
+        print("".join(f"{v:>13}" for v in (*row, f"{pair:.3f}", f"{share:.3f}", f"{peak:.0f}")))
     laplacian_scaling(args)
 
 

@@ -163,6 +163,28 @@ def test_flow_under_no_grad_and_refused_in_inference_mode():
         integrate(net, z0, k, s)
 
 
+@pytest.mark.parametrize("solver", ["euler", "rk4", "dopri5"])
+def test_packed_flow_matches_the_generic_flow_with_uneven_potentials(solver):
+    # Potential 1 gets one sample, potential 2 none: the packing pads, and must not leak.
+    torch.manual_seed(1)
+    net = PotentialNetwork(4, 3, hidden_dims=(16, 16)).double()
+    z0 = torch.randn(6, 4, dtype=torch.float64)
+    k = torch.tensor([0, 0, 1, 0, 0, 0])
+    s = torch.tensor([[1.0], [-1.0], [1.0], [1.0], [-1.0], [1.0]], dtype=torch.float64)
+    config = FlowConfig(num_points=4, solver=solver, step_size=0.05)
+    packed = integrate(net, z0, k, s, config)
+    generic = integrate(lambda z, t, k: net(z, t, k), z0, k, s, config)
+    assert torch.equal(packed[0], z0)
+    torch.testing.assert_close(packed, generic, atol=1e-10, rtol=1e-10)
+    for path in (packed, generic):
+        net.zero_grad()
+        path[-1].pow(2).sum().backward()
+        grads = [w.grad.clone() for w in net.weights]
+        if path is packed:
+            expected = grads
+    torch.testing.assert_close(grads, expected, atol=1e-10, rtol=1e-10)
+
+
 def test_bad_flow_settings_are_refused():
     with pytest.raises(ValueError, match="unknown solver 'leapfrog'"):
         FlowConfig(solver="leapfrog")
@@ -193,3 +215,24 @@ def test_variation_term_is_bounded_and_uses_the_jvp():
     assert v.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown variation form 'abs'"):
         variation_loss(speed, "abs")
+
+
+def test_image_velocity_matches_the_jacobian_and_back_propagates():
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4), torch.nn.Sigmoid()
+    ).double()
+    z = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    images, speed = image_velocity(decoder, z, v)
+    jacobians = torch.stack([torch.autograd.functional.jacobian(decoder, z[i]) for i in range(5)])
+    expected = torch.einsum("bpd,bd->bp", jacobians, v).pow(2).mean(-1)
+    torch.testing.assert_close(images, decoder(z))
+    torch.testing.assert_close(speed, expected)
+    assert torch.autograd.gradcheck(lambda z, v: image_velocity(decoder, z, v)[1], (z, v))
+    _, still = image_velocity(lambda z: torch.ones(z.shape[0], 4), z, v)
+    torch.testing.assert_close(still, torch.zeros(5))
+    with torch.no_grad():
+        torch.testing.assert_close(image_velocity(decoder, z, v)[1], expected)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference mode"):
+        image_velocity(decoder, z, v)

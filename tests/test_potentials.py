@@ -192,6 +192,67 @@ def test_hutchinson_on_the_network_is_unbiased():
     assert torch.all((estimate - exact).abs() <= 0.02 * exact.abs() + 1e-3)
 
 
+@pytest.mark.parametrize("mode", ["exact", "hutchinson"])
+def test_jet_over_several_chunks_matches_autograd(mode):
+    # d = 40 spans two chunks of 32 unit directions; t rides along with the last chunk.
+    torch.manual_seed(5)
+    net = PotentialNetwork(40, 3, hidden_dims=(24, 16, 8), activation="silu").double()
+    z, t, _ = batch(6, 40, torch.float64)
+    k = torch.tensor([2, 2, 0, 1, 2, 0])
+    g = torch.Generator().manual_seed(1)
+    probes = (torch.randint(0, 2, (6, 40, 40), generator=g) * 2 - 1).double()
+    directions = None if mode == "exact" else probes
+    jet = net.jet(z, t, k, directions, time=True, chunk=32)
+    slow = compute_derivatives(lambda z, t, k: net(z, t, k), z, t, k, laplacian_mode="exact")
+    units = torch.eye(40, dtype=torch.float64).expand(6, 40, 40)
+    vectors = units if directions is None else directions
+    zz = z.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(zz, t, k).sum(), zz, create_graph=True)
+    quad = torch.zeros(6, 1, dtype=torch.float64)
+    for p in range(40):
+        v = vectors[:, p]
+        (hv,) = torch.autograd.grad((grad * v).sum(), zz, retain_graph=True)
+        quad += (hv * v).sum(-1, keepdim=True)
+    torch.testing.assert_close(jet.trace, quad, atol=1e-10, rtol=1e-10)
+    first = torch.einsum("bd,bpd->bp", slow.grad, vectors)
+    torch.testing.assert_close(jet.first[:, :40], first, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(jet.first[:, -1:], slow.u_t, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(jet.u_tt, slow.u_tt, atol=1e-10, rtol=1e-10)
+    if mode == "exact":
+        torch.testing.assert_close(jet.trace, slow.laplacian, atol=1e-10, rtol=1e-10)
+
+
+def test_jet_without_directions_gives_time_derivatives_only():
+    torch.manual_seed(6)
+    net = PotentialNetwork(3, 2, hidden_dims=(8,)).double()
+    z, t, _ = batch(4, 3, torch.float64)
+    k = torch.tensor([1, 0, 0, 1])
+    jet = net.jet(z, t, k, torch.zeros(4, 0, 3, dtype=torch.float64), time=True)
+    slow = compute_derivatives(lambda z, t, k: net(z, t, k), z, t, k, ("u_t", "u_tt"))
+    assert jet.first.shape == (4, 1)
+    torch.testing.assert_close(jet.trace, torch.zeros(4, 1, dtype=torch.float64))
+    torch.testing.assert_close(jet.first, slow.u_t)
+    torch.testing.assert_close(jet.u_tt, slow.u_tt)
+
+
+def test_packed_gradient_equals_the_per_sample_gradient():
+    torch.manual_seed(7)
+    net = PotentialNetwork(5, 4).double()
+    z, _, _ = batch(10, 5, torch.float64)
+    k = torch.tensor([3, 3, 3, 0, 1, 3, 0, 1, 3, 3])  # potential 2 unused, 3 crowded
+    groups = Groups(k, 4)
+    time = torch.tensor(0.7, dtype=torch.float64)
+    packed = groups.unpack(net.packed_grad_z(groups.pack(z), time))
+    torch.testing.assert_close(packed, net.grad_z(z, time.expand(10, 1), k))
+
+
+def test_a_network_without_hidden_layers_is_refused():
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        PotentialNetwork(3, 2, hidden_dims=())
+    with pytest.raises(ValueError, match="hidden_dims\\[1\\] must be a positive integer"):
+        PotentialNetwork(3, 2, hidden_dims=(8, 0))
+
+
 def test_batched_potentials_match_one_at_a_time():
     torch.manual_seed(0)
     net = PotentialNetwork(4, 5)

@@ -3,6 +3,8 @@
 Shared by the traversal objective and the VAE regulariser: half of the points lie on the
 flows' trajectories (detached: they say where to check the PDE, and the residual should shape
 the potential there rather than move the points), half are drawn from N(0, I) x U(0, T).
+The points keep the trajectories' potential counts, so they pack without padding when the
+batch is balanced across potentials.
 """
 
 import torch
@@ -17,9 +19,14 @@ __all__ = ["collocation_points", "pde_terms"]
 
 
 def collocation_points(
-    path: Tensor, k: Tensor, num_potentials: int, flow: FlowConfig, generator=None
+    path: Tensor, k: Tensor, flow: FlowConfig, generator=None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Collocation points (z, t, k), as many as there are trajectories.
+
+    Every other trajectory of each potential (in sample order) gives a point at a random
+    output time; the others lend their potential index to a point drawn from
+    N(0, I) x U(0, T). The points' potentials are thus the trajectories' own, with the same
+    counts: a batch balanced across potentials gives balanced collocation points.
 
     Args:
         path: (num_points, batch, latent_dim) trajectories at ``flow.times``.
@@ -29,15 +36,15 @@ def collocation_points(
         z (batch, latent_dim), t (batch, 1), k (batch,).
     """
     steps, batch, dim = path.shape
-    half = max(batch // 2, 1)
-    index = torch.randint(0, steps, (half,), generator=generator).to(path.device)
-    z_on = path.detach()[index, torch.arange(half, device=path.device)]
-    z_rand = torch.randn(batch - half, dim, generator=generator).to(path)
-    t_rand = torch.rand(batch - half, 1, generator=generator).to(path) * flow.t_end
+    order = torch.argsort(k, stable=True)
+    on, off = order[0::2], order[1::2]
+    index = torch.randint(0, steps, (len(on),), generator=generator).to(path.device)
+    z_on = path.detach()[index, on]
+    z_rand = torch.randn(len(off), dim, generator=generator).to(path)
+    t_rand = torch.rand(len(off), 1, generator=generator).to(path) * flow.t_end
     z = torch.cat([z_on, z_rand])
     t = torch.cat([flow.times(path)[index].unsqueeze(-1), t_rand])
-    k_rand = torch.randint(0, num_potentials, (batch - half,), generator=generator)
-    return z, t, torch.cat([k[:half], k_rand.to(k.device)])
+    return z, t, torch.cat([k[on], k[off]])
 
 
 def pde_terms(
@@ -51,7 +58,7 @@ def pde_terms(
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Mean squared PDE residual (``pde``) and initial-condition residual (``initial``)."""
-    z, t, kk = collocation_points(path, k, potentials.num_potentials, flow, generator)
+    z, t, kk = collocation_points(path, k, flow, generator)
     need = pde.needs
     d = compute_derivatives(potentials, z, t, kk, need, laplacian_mode, num_probes, generator)
     residual = pde.residual(d, kk) if need else torch.zeros_like(d.u)

@@ -14,30 +14,32 @@ from torch import Tensor, nn
 
 __all__ = ["ACTIVATIONS", "get_activation", "warn_if_piecewise_linear"]
 
-# name -> function returning (f(a), f'(a), f''(a)); derivatives are used by the forward jet.
-ActivationJet = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+# name -> function (a, order) returning (f(a), f'(a), f''(a)), with f'' None when order < 2
+# (the gradient needs f' alone; the forward jet needs both).
+ActivationJet = Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor | None]]
 
 
-def _tanh(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _tanh(a: Tensor, order: int = 2) -> tuple[Tensor, Tensor, Tensor | None]:
     f = torch.tanh(a)
     df = 1.0 - f * f
-    return f, df, -2.0 * f * df
+    return f, df, -2.0 * f * df if order > 1 else None
 
 
-def _softplus(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _softplus(a: Tensor, order: int = 2) -> tuple[Tensor, Tensor, Tensor | None]:
     s = torch.sigmoid(a)
-    return nn.functional.softplus(a), s, s * (1.0 - s)
+    return nn.functional.softplus(a), s, s * (1.0 - s) if order > 1 else None
 
 
-def _silu(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _silu(a: Tensor, order: int = 2) -> tuple[Tensor, Tensor, Tensor | None]:
     s = torch.sigmoid(a)
     ds = s * (1.0 - s)
-    return a * s, s + a * ds, ds * (2.0 + a * (1.0 - 2.0 * s))
+    ddf = ds * (2.0 + a * (1.0 - 2.0 * s)) if order > 1 else None
+    return a * s, s + a * ds, ddf
 
 
-def _sin(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _sin(a: Tensor, order: int = 2) -> tuple[Tensor, Tensor, Tensor | None]:
     f = torch.sin(a)
-    return f, torch.cos(a), -f
+    return f, torch.cos(a), -f if order > 1 else None
 
 
 ACTIVATIONS: dict[str, ActivationJet] = {

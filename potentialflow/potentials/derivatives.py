@@ -128,15 +128,12 @@ def _jet_derivatives(potential, z, t, k, need, mode, num_probes, generator) -> D
         directions = rademacher(batch, num_probes, dim, z, generator)
     else:
         directions = z.new_zeros(batch, 0, dim)
-    jet = potential.jet(z, t, k, directions, time=want_time)
+    jet = potential.jet(z, t, k, directions, time=want_time, first=exact_grad and "grad" in need)
     out = Derivatives(u=jet.value)
-    probes = dim if directions is None else directions.shape[1]
     if want_lap:
-        second = jet.second[:, :probes]
-        lap = second.sum(-1) if mode == "exact" else second.mean(-1)
-        out.laplacian = lap.unsqueeze(-1)
+        out.laplacian = jet.trace if mode == "exact" else jet.trace / directions.shape[1]
     if want_time:
-        out.u_t, out.u_tt = jet.first[:, -1:], jet.second[:, -1:]
+        out.u_t, out.u_tt = jet.first[:, -1:], jet.u_tt
     if "grad" in need:
         out.grad = jet.first[:, :dim] if exact_grad else potential.grad_z(z, t, k)
     return out

@@ -7,10 +7,11 @@ batch may mix potentials and times freely: ``k`` is (batch,) and ``t`` is (batch
 Besides the value, the network computes in closed form (checked against autograd in tests):
 
 - ``grad_z``: the reverse-mode gradient in z, written out layer by layer;
-- ``jet``: first and second directional derivatives along a set of directions in (z, t),
-  propagated forward through the layers (a Taylor-mode "forward Laplacian"). With the unit
-  vectors of z it gives the exact Laplacian and the gradient in one pass; with Rademacher
-  probes it gives Hutchinson's estimate; with the t direction it gives u_t and u_tt.
+- ``jet``: first directional derivatives along a set of directions in (z, t) and the sum of
+  the second ones along z, propagated forward through the layers (a "forward Laplacian").
+  With the unit vectors of z it gives the exact Laplacian and the gradient in one pass; with
+  Rademacher probes it gives Hutchinson's estimate; with the t direction, u_t and u_tt.
+- ``packed_grad_z``: the gradient for codes already packed by potential, which flows use.
 """
 
 import math
@@ -57,17 +58,22 @@ class TimeEmbedding(nn.Module):
 
 @dataclass
 class Jet:
-    """Directional derivatives of u along P directions, per sample.
+    """Directional derivatives of u along P directions in z (and t), per sample.
+
+    Only the sum of the second derivatives along the z directions is carried through the
+    network (a "forward Laplacian"): the trace needs no more, and it halves the work.
 
     Attributes:
         value: u, (batch, 1).
-        first: first directional derivatives, (batch, P).
-        second: second directional derivatives v^T H v, (batch, P).
+        first: first directional derivatives, (batch, P), then u_t last when asked for.
+        trace: sum over the P z directions of v^T H_z v, (batch, 1).
+        u_tt: the second derivative in t, (batch, 1), or None when t was not asked for.
     """
 
     value: Tensor
     first: Tensor
-    second: Tensor
+    trace: Tensor
+    u_tt: Tensor | None = None
 
 
 class PotentialNetwork(nn.Module):
@@ -76,7 +82,7 @@ class PotentialNetwork(nn.Module):
     Args:
         latent_dim: d, the size of z.
         num_potentials: K.
-        hidden_dims: widths of the hidden layers.
+        hidden_dims: widths of the hidden layers (at least one).
         activation: a smooth activation name (``tanh``, ``softplus``, ``silu``, ``sin``).
         time_frequencies: sine/cosine pairs in the time embedding.
         max_time: flow horizon T, which sets the embedding's frequencies.
@@ -93,6 +99,9 @@ class PotentialNetwork(nn.Module):
     ) -> None:
         super().__init__()
         _check_positive(latent_dim=latent_dim, num_potentials=num_potentials)
+        if len(hidden_dims) == 0:
+            raise ValueError("hidden_dims must name at least one hidden layer, got ()")
+        _check_positive(**{f"hidden_dims[{i}]": h for i, h in enumerate(hidden_dims)})
         self.latent_dim, self.num_potentials = latent_dim, num_potentials
         self.activation = activation
         self.act = get_activation(activation)
@@ -124,7 +133,7 @@ class PotentialNetwork(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
             if i < len(self.weights) - 1:
-                h = self.act(h)[0]
+                h = self.act(h, 1)[0]
         return groups.unpack(h)
 
     def grad_z(self, z: Tensor, t: Tensor, k: Tensor) -> Tensor:
@@ -134,17 +143,41 @@ class PotentialNetwork(nn.Module):
         be differentiated (to the weights, and again in z) without double-backward overhead.
         """
         groups = Groups(k, self.num_potentials)
-        h = groups.pack(torch.cat([z, self.embed(t)], dim=-1))
-        slopes = []
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            h, df, _ = self.act(torch.baddbmm(b, h, w))
+        x = groups.pack(torch.cat([z, self.embed(t)], dim=-1))
+        return groups.unpack(self._grad_from(torch.baddbmm(self.biases[0], x, self.weights[0])))
+
+    def packed_grad_z(self, z: Tensor, t: Tensor) -> Tensor:
+        """grad_z u_k for codes already packed by potential, at one time shared by all.
+
+        A flow packs its codes once (:class:`Groups`) and steps in that layout, so each
+        evaluation is a few batched matmuls with no gathering, and the time embedding enters
+        as a per-potential bias.
+
+        Args:
+            z: (K, M, latent_dim) codes, row block k flowing along u_k.
+            t: a scalar time.
+
+        Returns:
+            (K, M, latent_dim).
+        """
+        d = self.latent_dim
+        e = self.embed(t.reshape(1, 1).to(z.dtype)).expand(self.num_potentials, 1, -1)
+        bias = torch.baddbmm(self.biases[0], e, self.weights[0][:, d:])
+        return self._grad_from(torch.baddbmm(bias, z, self.weights[0][:, :d]))
+
+    def _grad_from(self, a: Tensor) -> Tensor:
+        """Packed gradient in z from the first layer's pre-activation a, (K, M, hidden)."""
+        h, df, _ = self.act(a, 1)
+        slopes = [df]
+        for w, b in zip(self.weights[1:-1], self.biases[1:-1]):
+            h, df, _ = self.act(torch.baddbmm(b, h, w), 1)
             slopes.append(df)
         delta = self.weights[-1].transpose(1, 2)  # (K, 1, hidden): u is linear in the last h
         for i in reversed(range(len(slopes))):
             # Only the z rows of the first layer: the time embedding is not differentiated.
             w = self.weights[i] if i > 0 else self.weights[0][:, : self.latent_dim]
             delta = torch.bmm(delta * slopes[i], w.transpose(1, 2))
-        return groups.unpack(delta)
+        return delta
 
     def jet(
         self,
@@ -154,8 +187,10 @@ class PotentialNetwork(nn.Module):
         directions: Tensor | None,
         time: bool,
         chunk: int = 32,
+        first: bool = True,
     ) -> Jet:
-        """First and second directional derivatives along ``directions`` (and t).
+        """First directional derivatives along ``directions`` (and t), the sum of the second
+        derivatives along the z directions, and u_tt.
 
         Args:
             z: (batch, latent_dim).
@@ -167,9 +202,11 @@ class PotentialNetwork(nn.Module):
             time: if True, the t direction is appended last, giving u_t and u_tt.
             chunk: directions propagated at once; bounds the working set so the cost stays
                 linear in P instead of spilling out of the cache.
+            first: whether to return the first derivatives along the z directions (with the
+                unit vectors, the gradient); u_t is returned whenever ``time`` is set.
 
         Returns:
-            A :class:`Jet` with P (+1 if ``time``) directions.
+            A :class:`Jet` with P (if ``first``) + 1 (if ``time``) first derivatives.
         """
         groups = Groups(k, self.num_potentials)
         e, e_t, e_tt = (groups.pack(x) for x in self.embed.jet(t))
@@ -183,54 +220,102 @@ class PotentialNetwork(nn.Module):
         blocks = [
             self._z_jet(groups, directions, start, chunk) for start in range(0, count, chunk)
         ]
-        if time:
-            # Riding along with the last block saves a pass of small ops at small d.
-            t_block = self._t_jet(e_t, e_tt)
-            if blocks:
-                blocks[-1] = tuple(torch.cat(pair, dim=2) for pair in zip(blocks[-1], t_block))
-            else:
-                blocks.append(t_block)
-        parts = [self._propagate(d1, d2, slopes) for d1, d2 in blocks]
-        if parts:
-            first, second = (torch.cat(p, dim=2) for p in zip(*parts))
-        else:
-            first = second = value.new_zeros(*value.shape[:2], 0)
-        return Jet(groups.unpack(value), groups.unpack(first), groups.unpack(second))
+        t_jet = self._t_jet(e_t, e_tt) if time else None
+        # t rides along with the last block: at small d that saves a pass of small ops.
+        parts = [(block, None) for block in blocks[:-1]] + [
+            (blocks[-1] if blocks else None, t_jet)
+        ]
+        firsts, trace, second = [], value.new_zeros(value.shape), None
+        for block, t_part in parts:
+            if block is None and t_part is None:
+                continue
+            block_first, second = self._propagate(block, t_part, slopes, first)
+            firsts.append(block_first)
+            if block is not None:
+                trace = trace + second[..., :1]
+        u_tt = groups.unpack(second[..., -1:]) if time else None
+        firsts = torch.cat(firsts, dim=2) if firsts else value.new_zeros(*value.shape[:2], 0)
+        return Jet(groups.unpack(value), groups.unpack(firsts), groups.unpack(trace), u_tt)
 
-    def _z_jet(self, groups, directions, start: int, chunk: int) -> tuple[Tensor, Tensor]:
+    def _z_jet(self, groups, directions, start: int, chunk: int) -> Tensor:
         """First-layer derivatives along directions [start, start + chunk), (K, M, P, hidden).
 
         Along a unit vector e_i of z the derivative is row i of the first weight matrix, the
-        same for every sample, and the second derivative is zero.
+        same for every sample: (K, 1, P, hidden), broadcast over the samples.
         """
         w_z = self.weights[0][:, : self.latent_dim]
         K, hidden, rows = w_z.shape[0], w_z.shape[-1], groups.rows
         if directions is None:
-            block = w_z[:, start : start + chunk]
-            d1 = block.unsqueeze(1).expand(K, rows, block.shape[1], hidden)
-        else:
-            packed = groups.pack(directions[:, start : start + chunk])  # (K, M, P, d)
-            d1 = torch.bmm(packed.flatten(1, 2), w_z).view(K, rows, -1, hidden)
-        return d1, torch.zeros_like(d1)
+            return w_z[:, start : start + chunk].unsqueeze(1)
+        packed = groups.pack(directions[:, start : start + chunk])  # (K, M, P, d)
+        return torch.bmm(packed.flatten(1, 2), w_z).view(K, rows, -1, hidden)
 
     def _t_jet(self, e_t: Tensor, e_tt: Tensor) -> tuple[Tensor, Tensor]:
-        """First-layer derivatives along t, (K, M, 1, hidden)."""
+        """First-layer first and second derivatives along t, (K, M, 1, hidden) each."""
         w_t = self.weights[0][:, self.latent_dim :]
         return torch.bmm(e_t, w_t).unsqueeze(2), torch.bmm(e_tt, w_t).unsqueeze(2)
 
-    def _propagate(self, d1: Tensor, d2: Tensor, slopes) -> tuple[Tensor, Tensor]:
-        """Pushes first-layer derivatives through the network: (K, M, P) each."""
-        K, M, P = d1.shape[:3]
+    def _propagate(
+        self,
+        d1_z: Tensor | None,
+        t_jet: tuple[Tensor, Tensor] | None,
+        slopes,
+        first_z: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Pushes first-layer derivatives through the network.
+
+        Along a direction v the pre-activations' derivatives obey d1' = W f'(a) d1 and
+        d2' = W (f'(a) d2 + f''(a) d1^2). The second is linear in d2, so the z directions'
+        second derivatives are summed before they are pushed on and only their sum travels;
+        and the first layer is linear in z, so along z it starts from f''(a) d1^2 alone.
+
+        Args:
+            d1_z: first-layer derivatives along P z directions, (K, 1 or M, P, hidden), or None.
+            t_jet: first-layer first and second derivatives along t, or None.
+            first_z: whether the first derivatives along z are wanted at the output (the
+                gradient); the trace needs them only up to the last hidden layer.
+
+        Returns:
+            first derivatives (K, M, Q) along the P z directions (if ``first_z``) then t, and
+            second derivatives (K, M, G): the z directions' sum, then t.
+        """
+        last = len(slopes) - 1
+        d1, d2 = [], []
         for i, (df, ddf) in enumerate(slopes):
-            if i > 0:
-                w = self.weights[i]
-                d1 = torch.bmm(d1.flatten(1, 2), w).view(K, M, P, -1)
-                d2 = torch.bmm(d2.flatten(1, 2), w).view(K, M, P, -1)
-            d1, d2 = df * d1, df * d2 + ddf * d1 * d1
+            if i == 0:
+                d1 = [d1_z] if d1_z is not None else []
+                d2 = [None] if d1_z is not None else []
+                if t_jet is not None:
+                    d1.append(t_jet[0])
+                    d2.append(t_jet[1])
+            else:
+                d1 = self._linear(d1, self.weights[i])
+                d2 = self._linear(d2, self.weights[i])
+            # The z directions come first and are summed into one second-derivative group.
+            squares = [x * x for x in d1]
+            if d1_z is not None:
+                squares[0] = squares[0].sum(2, keepdim=True)
+            d2 = [ddf * sq if y is None else df * y + ddf * sq for y, sq in zip(d2, squares)]
+            if i == last and d1_z is not None and not first_z:
+                d1 = d1[1:]  # the output needs no first derivatives along z
+            d1 = [df * x for x in d1]
         w = self.weights[-1]
-        d1 = torch.bmm(d1.flatten(1, 2), w).view(K, M, P)
-        d2 = torch.bmm(d2.flatten(1, 2), w).view(K, M, P)
-        return d1, d2
+        second = self._linear(d2, w, split=False)
+        first = self._linear(d1, w, split=False) if d1 else second[..., :0, :]
+        return first.squeeze(-1), second.squeeze(-1)
+
+    @staticmethod
+    def _linear(parts: list[Tensor], w: Tensor, split: bool = True) -> list[Tensor] | Tensor:
+        """Applies the stacked weights w (K, in, out) to (K, M, P_i, in) parts in one batched
+        matmul; returns the parts again, split (which, unlike slicing, needs no zero-filled
+        gradient buffers), or joined (K, M, sum P_i, out)."""
+        if not parts:
+            return []
+        sizes = [x.shape[2] for x in parts]
+        K, M = parts[0].shape[:2]
+        joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        out = torch.bmm(joined.flatten(1, 2), w).view(K, M, sum(sizes), -1)
+        return list(out.split(sizes, dim=2)) if split else out
 
 
 class Groups:
@@ -268,6 +353,10 @@ class Groups:
     def unpack(self, y: Tensor) -> Tensor:
         """(K, M, ...) -> (batch, ...), in the original sample order."""
         return y.reshape(self.num_potentials * self.rows, *y.shape[2:])[self.slot]
+
+    def unpack_steps(self, y: Tensor) -> Tensor:
+        """(steps, K, M, ...) -> (steps, batch, ...), e.g. a packed trajectory."""
+        return y.flatten(1, 2)[:, self.slot]
 
 
 def _uniform(num: int, fan_in: int, fan_out: int, bound: float) -> Tensor:
