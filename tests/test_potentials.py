@@ -220,6 +220,12 @@ def test_jet_over_several_chunks_matches_autograd(mode):
     torch.testing.assert_close(jet.u_tt, slow.u_tt, atol=1e-10, rtol=1e-10)
     if mode == "exact":
         torch.testing.assert_close(jet.trace, slow.laplacian, atol=1e-10, rtol=1e-10)
+    # Without first derivatives along z: the same trace and time derivatives, u_t alone.
+    lean = net.jet(z, t, k, directions, time=True, chunk=32, first=False)
+    assert lean.first.shape == (6, 1)
+    torch.testing.assert_close(lean.first, jet.first[:, -1:], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(lean.trace, jet.trace, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(lean.u_tt, jet.u_tt, atol=1e-12, rtol=1e-12)
 
 
 def test_jet_without_directions_gives_time_derivatives_only():
