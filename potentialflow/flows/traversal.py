@@ -59,10 +59,11 @@ class TraversalModel(nn.Module):
         variation_form: ``log``, ``hinge`` or ``none``.
         variation_eps: floor of the image speed inside the log (``log``), or the speed
             above which the hinge stops pushing (``hinge``).
-        variation_samples: how many samples of each batch the variation term is measured
-            on (its mean over them estimates the batch mean without bias; the batch's order
-            is random); None measures every sample. The decoder's forward-mode pass is the
-            dearest part of a step, so a subset buys most of its speed.
+        variation_samples: how many samples of each batch (the first ones) the variation
+            term is measured on; their potentials and directions are random, and on shuffled
+            data so are their codes, so the mean over them estimates the batch mean without
+            bias. None measures every sample. The decoder's forward-mode pass is the costliest
+            part of a step, so a subset buys most of its speed.
     """
 
     def __init__(
