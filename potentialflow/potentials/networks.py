@@ -219,14 +219,12 @@ class PotentialNetwork(nn.Module):
         count = self.latent_dim if directions is None else directions.shape[1]
         blocks = [
             self._z_jet(groups, directions, start, chunk) for start in range(0, count, chunk)
-        ]
+        ] or [None]
         t_jet = self._t_jet(e_t, e_tt) if time else None
-        # t rides along with the last block: at small d that saves a pass of small ops.
-        parts = [(block, None) for block in blocks[:-1]] + [
-            (blocks[-1] if blocks else None, t_jet)
-        ]
         firsts, trace, second = [], value.new_zeros(value.shape), None
-        for block, t_part in parts:
+        for i, block in enumerate(blocks):
+            # t rides along with the last block: at small d that saves a pass of small ops.
+            t_part = t_jet if i == len(blocks) - 1 else None
             if block is None and t_part is None:
                 continue
             block_first, second = self._propagate(block, t_part, slopes, first)
