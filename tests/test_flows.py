@@ -230,9 +230,9 @@ def test_image_velocity_matches_the_jacobian_and_back_propagates():
     torch.testing.assert_close(images, decoder(z))
     torch.testing.assert_close(speed, expected)
     assert torch.autograd.gradcheck(lambda z, v: image_velocity(decoder, z, v)[1], (z, v))
-    _, still = image_velocity(lambda z: torch.ones(z.shape[0], 4), z, v)
-    torch.testing.assert_close(still, torch.zeros(5))
+    _, still = image_velocity(lambda z: torch.ones(z.shape[0], 4, dtype=z.dtype), z, v)
+    torch.testing.assert_close(still, torch.zeros(5, dtype=torch.float64))
     with torch.no_grad():
         torch.testing.assert_close(image_velocity(decoder, z, v)[1], expected)
-    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference mode"):
-        image_velocity(decoder, z, v)
+    with torch.inference_mode():
+        torch.testing.assert_close(image_velocity(decoder, z, v)[1], expected.detach())

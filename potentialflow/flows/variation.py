@@ -8,7 +8,6 @@ one term run to minus infinity; here the reward is bounded or saturating.
 from collections.abc import Callable
 
 import torch
-import torch.autograd.forward_ad as fwad
 from torch import Tensor
 
 __all__ = ["VARIATION_FORMS", "image_velocity", "variation_loss"]
@@ -29,17 +28,7 @@ def image_velocity(
     Returns:
         images G(z), and the image speed |J_G(z) v|^2 averaged over pixels, (batch,).
     """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "the image velocity needs forward-mode autograd, which inference mode disables; "
-            "run under torch.no_grad() instead, or set Trainer(inference_mode=False)"
-        )
-    # Dual numbers on the ordinary autograd tape (lighter than torch.func.jvp's transform);
-    # the tangent is built from differentiable ops, so the speed back-propagates to z and v.
-    with fwad.dual_level():
-        images, jv = fwad.unpack_dual(generator(fwad.make_dual(z, v)))
-    if jv is None:  # the generator ignores z
-        jv = torch.zeros_like(images)
+    images, jv = torch.func.jvp(generator, (z,), (v,))
     return images, jv.flatten(1).pow(2).mean(-1)
 
 
