@@ -278,15 +278,13 @@ class PotentialNetwork(nn.Module):
             second derivatives (K, M, G): the z directions' sum, then t.
         """
         last = len(slopes) - 1
-        d1, d2 = [], []
+        d1 = [] if d1_z is None else [d1_z]
+        d2 = [] if d1_z is None else [None]  # None: zero, the first layer is linear in z
+        if t_jet is not None:
+            d1.append(t_jet[0])
+            d2.append(t_jet[1])
         for i, (df, ddf) in enumerate(slopes):
-            if i == 0:
-                d1 = [d1_z] if d1_z is not None else []
-                d2 = [None] if d1_z is not None else []
-                if t_jet is not None:
-                    d1.append(t_jet[0])
-                    d2.append(t_jet[1])
-            else:
+            if i > 0:
                 d1 = self._linear(d1, self.weights[i])
                 d2 = self._linear(d2, self.weights[i])
             # The z directions come first and are summed into one second-derivative group.
