@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from potentialflow.potentials.activations import get_activation
 
-__all__ = ["TimeEmbedding", "PotentialNetwork", "Jet", "Groups"]
+__all__ = ["TimeEmbedding", "PotentialNetwork", "Jet", "Groups", "GradientState"]
 
 
 class TimeEmbedding(nn.Module):
@@ -113,6 +113,12 @@ class PotentialNetwork(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(_uniform(num_potentials, fan_in, fan_out, bound)))
             self.biases.append(nn.Parameter(_uniform(num_potentials, 1, fan_out, bound)))
+        # The first layer reads [z, embed(t)]; its two blocks of rows are kept apart, so that
+        # nothing slices the z rows out on every call (each slice costs a zero-filled
+        # gradient buffer in backward). weights[0] acts on z, time_weight on the embedding.
+        first = self.weights[0].detach()
+        self.weights[0] = nn.Parameter(first[:, :latent_dim].clone())
+        self.time_weight = nn.Parameter(first[:, latent_dim:].clone())
         # u_k matters only up to a constant: no flow or PDE term sees the output bias, and DDP
         # (find_unused_parameters=False) refuses a parameter that never gets a gradient.
         self.biases[-1].requires_grad_(False)
@@ -129,12 +135,16 @@ class PotentialNetwork(nn.Module):
             u: (batch, 1).
         """
         groups = Groups(k, self.num_potentials)
-        h = groups.pack(torch.cat([z, self.embed(t)], dim=-1))
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)
-            if i < len(self.weights) - 1:
-                h = self.act(h, 1)[0]
+        h = self._first_layer(groups.pack(z), groups.pack(self.embed(t)))
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h = torch.baddbmm(b, self.act(h, 1)[0], w)
         return groups.unpack(h)
+
+    def _first_layer(self, z: Tensor, e: Tensor) -> Tensor:
+        """Pre-activation of the first layer from packed codes and time embeddings."""
+        return torch.baddbmm(
+            torch.baddbmm(self.biases[0], e, self.time_weight), z, self.weights[0]
+        )
 
     def grad_z(self, z: Tensor, t: Tensor, k: Tensor) -> Tensor:
         """Closed-form gradient of u_k(z, t) in z: (batch, latent_dim).
@@ -143,8 +153,8 @@ class PotentialNetwork(nn.Module):
         be differentiated (to the weights, and again in z) without double-backward overhead.
         """
         groups = Groups(k, self.num_potentials)
-        x = groups.pack(torch.cat([z, self.embed(t)], dim=-1))
-        return groups.unpack(self._grad_from(torch.baddbmm(self.biases[0], x, self.weights[0])))
+        a = self._first_layer(groups.pack(z), groups.pack(self.embed(t)))
+        return groups.unpack(self._grad_from(a))
 
     def packed_grad_z(self, z: Tensor, t: Tensor) -> Tensor:
         """grad_z u_k for codes already packed by potential, at one time shared by all.
@@ -160,10 +170,8 @@ class PotentialNetwork(nn.Module):
         Returns:
             (K, M, latent_dim).
         """
-        d = self.latent_dim
         e = self.embed(t.reshape(1, 1).to(z.dtype)).expand(self.num_potentials, 1, -1)
-        bias = torch.baddbmm(self.biases[0], e, self.weights[0][:, d:])
-        return self._grad_from(torch.baddbmm(bias, z, self.weights[0][:, :d]))
+        return self._grad_from(self._first_layer(z, e))
 
     def _grad_from(self, a: Tensor) -> Tensor:
         """Packed gradient in z from the first layer's pre-activation a, (K, M, hidden)."""
@@ -174,10 +182,63 @@ class PotentialNetwork(nn.Module):
             slopes.append(df)
         delta = self.weights[-1].transpose(1, 2)  # (K, 1, hidden): u is linear in the last h
         for i in reversed(range(len(slopes))):
-            # Only the z rows of the first layer: the time embedding is not differentiated.
-            w = self.weights[i] if i > 0 else self.weights[0][:, : self.latent_dim]
-            delta = torch.bmm(delta * slopes[i], w.transpose(1, 2))
+            delta = torch.bmm(delta * slopes[i], self.weights[i].transpose(1, 2))
         return delta
+
+    def packed_gradient_state(self, z: Tensor, t: Tensor) -> tuple[Tensor, "GradientState"]:
+        """:meth:`packed_grad_z` without autograd, with what its vector-Jacobian product needs.
+
+        Flows that differentiate by hand (:mod:`potentialflow.flows.packed_euler`) call this
+        under ``no_grad`` and :meth:`packed_gradient_vjp` on the way back.
+        """
+        e = self.embed(t.reshape(1, 1).to(z.dtype)).expand(self.num_potentials, 1, -1)
+        a = self._first_layer(z, e)
+        hs, slopes, curvatures = [], [], []
+        for i in range(len(self.weights) - 1):
+            h, df, ddf = self.act(a)
+            hs.append(h)
+            slopes.append(df)
+            curvatures.append(ddf)
+            if i + 1 < len(self.weights) - 1:
+                a = torch.baddbmm(self.biases[i + 1], h, self.weights[i + 1])
+        # p_i: the backward signal reaching hidden layer i; g_i = f'(a_i) p_i.
+        p, ps, gs = self.weights[-1].transpose(1, 2), [], []
+        for i in reversed(range(len(slopes))):
+            ps.insert(0, p)
+            gs.insert(0, slopes[i] * p)
+            p = torch.bmm(gs[0], self.weights[i].transpose(1, 2))
+        return p, GradientState(z, e, hs, slopes, curvatures, ps, gs)
+
+    def packed_gradient_vjp(self, state: "GradientState", r: Tensor) -> tuple[Tensor, dict]:
+        """Pulls a cotangent r (K, M, d) of the packed gradient back to z and the weights.
+
+        Returns dz and the weights' parts: for each weight matrix a list of (A, B) pairs
+        whose sum of A^T B is its gradient (so that a caller summing over many evaluations
+        accumulates into one buffer per weight instead of one tensor per use), the biases'
+        gradients, the pair for the time weight, and the output weights' gradient.
+        """
+        n = len(state.slopes)
+        pairs = [[(r, state.gs[0])]] + [[] for _ in range(n - 1)]
+        # Through g_i = f'(a_i) p_i and p_i = g_{i+1} W_{i+1}^T, from the first layer up.
+        dg, da_slope = torch.bmm(r, self.weights[0]), []
+        for i in range(n):
+            dp = state.slopes[i] * dg
+            da_slope.append(state.curvatures[i] * state.ps[i] * dg)
+            if i + 1 < n:
+                dg = torch.bmm(dp, self.weights[i + 1])
+                pairs[i + 1].append((dp, state.gs[i + 1]))
+        d_out = dp.sum(1).unsqueeze(-1)
+        # Back down the forward pass a_{i+1} = h_i W_{i+1} + b_{i+1}; the output layer's
+        # input does not reach the gradient, so the last hidden h gets nothing from above.
+        biases, da = [None] * n, da_slope[-1]
+        for i in reversed(range(n)):
+            if i + 1 < n:
+                da = da_slope[i] + state.slopes[i] * torch.bmm(da, self.weights[i + 1].mT)
+            biases[i] = da.sum(1, keepdim=True)
+            pairs[i].append((state.hs[i - 1] if i > 0 else state.z, da))
+        dz = torch.bmm(da, self.weights[0].mT)
+        parts = {"weights": pairs, "biases": biases, "time": (state.e, biases[0]), "out": d_out}
+        return dz, parts
 
     def jet(
         self,
@@ -210,12 +271,12 @@ class PotentialNetwork(nn.Module):
         """
         groups = Groups(k, self.num_potentials)
         e, e_t, e_tt = (groups.pack(x) for x in self.embed.jet(t))
-        h = torch.cat([groups.pack(z), e], dim=-1)
-        slopes = []
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            h, df, ddf = self.act(torch.baddbmm(b, h, w))
+        h, slopes = self._first_layer(groups.pack(z), e), []
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h, df, ddf = self.act(h)
             slopes.append((df.unsqueeze(2), ddf.unsqueeze(2)))
-        value = torch.baddbmm(self.biases[-1], h, self.weights[-1])
+            h = torch.baddbmm(b, h, w)
+        value = h
         count = self.latent_dim if directions is None else directions.shape[1]
         blocks = [
             self._z_jet(groups, directions, start, chunk) for start in range(0, count, chunk)
@@ -241,7 +302,7 @@ class PotentialNetwork(nn.Module):
         Along a unit vector e_i of z the derivative is row i of the first weight matrix, the
         same for every sample: (K, 1, P, hidden), broadcast over the samples.
         """
-        w_z = self.weights[0][:, : self.latent_dim]
+        w_z = self.weights[0]
         K, hidden, rows = w_z.shape[0], w_z.shape[-1], groups.rows
         if directions is None:
             return w_z[:, start : start + chunk].unsqueeze(1)
@@ -250,7 +311,7 @@ class PotentialNetwork(nn.Module):
 
     def _t_jet(self, e_t: Tensor, e_tt: Tensor) -> tuple[Tensor, Tensor]:
         """First-layer first and second derivatives along t, (K, M, 1, hidden) each."""
-        w_t = self.weights[0][:, self.latent_dim :]
+        w_t = self.time_weight
         return torch.bmm(e_t, w_t).unsqueeze(2), torch.bmm(e_tt, w_t).unsqueeze(2)
 
     def _propagate(
@@ -312,6 +373,19 @@ class PotentialNetwork(nn.Module):
         joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         out = torch.bmm(joined.flatten(1, 2), w).view(K, M, sum(sizes), -1)
         return list(out.split(sizes, dim=2)) if split else out
+
+
+@dataclass
+class GradientState:
+    """Activations of one packed gradient evaluation (:meth:`packed_gradient_state`)."""
+
+    z: Tensor
+    e: Tensor
+    hs: list[Tensor]
+    slopes: list[Tensor]
+    curvatures: list[Tensor]
+    ps: list[Tensor]
+    gs: list[Tensor]
 
 
 class Groups:
