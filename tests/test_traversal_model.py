@@ -73,7 +73,8 @@ def test_the_decoded_pair_and_the_variation_subset(variation_samples):
     z0 = torch.randn(8, 5)
     k, s = m.sample_labels(8, z0)
     path = m.traverse(z0, k, s)
-    x_start, x_end, speed = m.decode_pair(z0, path[-1], k, s, dec)
+    v_end = m.end_velocity(path[-1], k, s)
+    x_start, x_end, speed = m.decode_pair(z0, path[-1], v_end, dec)
     torch.testing.assert_close(x_start, dec(z0))
     torch.testing.assert_close(x_end, dec(path[-1]))
     measured = 8 if variation_samples in (None, 50) else variation_samples
@@ -92,8 +93,31 @@ def test_no_variation_term_decodes_plainly_and_bad_counts_are_refused():
     m = model(form="none")
     z0 = torch.randn(6, 5)
     k, s = m.sample_labels(6, z0)
-    _, _, speed = m.decode_pair(z0, z0 + 1, k, s, decoder())
+    v_end = m.end_velocity(z0 + 1, k, s)
+    assert v_end.shape == (0, 5)
+    _, _, speed = m.decode_pair(z0, z0 + 1, v_end, decoder())
     assert speed.numel() == 0
     assert float(m(z0, decoder(), TraversalWeights()).terms["variation"]) == 0
     with pytest.raises(ValueError, match="variation_samples must be a positive integer"):
         model(variation_samples=0)
+
+
+@pytest.mark.parametrize("laplacian", ["exact", "hutchinson"])
+def test_the_shared_gradient_pass_matches_separate_terms(laplacian):
+    """forward takes the initial condition and the end velocity from one gradient pass."""
+    from potentialflow.flows.constraints import pde_terms
+    from potentialflow.flows.variation import variation_loss
+
+    m = model()
+    m.laplacian_mode = laplacian
+    dec, z0 = decoder(), torch.randn(8, 5)
+    terms = m(z0, dec, TraversalWeights(), generator=torch.Generator().manual_seed(3)).terms
+
+    generator = torch.Generator().manual_seed(3)
+    k, s = m.sample_labels(8, z0, generator)
+    path = m.traverse(z0, k, s)
+    expected = pde_terms(m.potentials, m.pde, path, k, m.flow, laplacian, m.num_probes, generator)
+    _, _, speed = m.decode_pair(z0, path[-1], m.end_velocity(path[-1], k, s), dec)
+    torch.testing.assert_close(terms["pde"], expected["pde"])
+    torch.testing.assert_close(terms["initial"], expected["initial"])
+    torch.testing.assert_close(terms["variation"], variation_loss(speed, "log", m.variation_eps))

@@ -15,7 +15,7 @@ from potentialflow.potentials.derivatives import compute_derivatives
 from potentialflow.potentials.networks import PotentialNetwork
 from potentialflow.potentials.pde import PDE, initial_condition_residual
 
-__all__ = ["collocation_points", "pde_terms"]
+__all__ = ["collocation_points", "pde_residual", "pde_terms"]
 
 
 def collocation_points(
@@ -59,11 +59,25 @@ def pde_terms(
 ) -> dict[str, Tensor]:
     """Mean squared PDE residual (``pde``) and initial-condition residual (``initial``)."""
     z, t, kk = collocation_points(path, k, flow, generator)
-    need = pde.needs
-    d = compute_derivatives(potentials, z, t, kk, need, laplacian_mode, num_probes, generator)
-    residual = pde.residual(d, kk) if need else torch.zeros_like(d.u)
     grad0 = potentials.grad_z(z, torch.zeros_like(t), kk)
     return {
-        "pde": residual.pow(2).mean(),
+        "pde": pde_residual(potentials, pde, z, t, kk, laplacian_mode, num_probes, generator),
         "initial": initial_condition_residual(grad0).mean(),
     }
+
+
+def pde_residual(
+    potentials: PotentialNetwork,
+    pde: PDE,
+    z: Tensor,
+    t: Tensor,
+    k: Tensor,
+    laplacian_mode: str = "auto",
+    num_probes: int = 8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Mean squared residual of the PDE at the points (z, t, k), a scalar."""
+    need = pde.needs
+    d = compute_derivatives(potentials, z, t, k, need, laplacian_mode, num_probes, generator)
+    residual = pde.residual(d, k) if need else torch.zeros_like(d.u)
+    return residual.pow(2).mean()

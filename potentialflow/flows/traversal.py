@@ -13,11 +13,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from potentialflow.classifier import PairClassifier
-from potentialflow.flows.constraints import pde_terms
+from potentialflow.flows.constraints import collocation_points, pde_residual
 from potentialflow.flows.odeflow import FlowConfig, integrate
 from potentialflow.flows.variation import image_velocity, variation_loss
 from potentialflow.potentials.networks import PotentialNetwork
-from potentialflow.potentials.pde import PDE
+from potentialflow.potentials.pde import PDE, initial_condition_residual
 
 __all__ = ["TraversalWeights", "TraversalModel", "TraversalOutput"]
 
@@ -76,7 +76,7 @@ class TraversalModel(nn.Module):
         num_probes: int = 8,
         variation_form: str = "log",
         variation_eps: float = 1e-4,
-        variation_samples: int | None = 32,
+        variation_samples: int | None = 16,
     ) -> None:
         super().__init__()
         if variation_samples is not None and int(variation_samples) < 1:
@@ -123,11 +123,25 @@ class TraversalModel(nn.Module):
         batch = z0.shape[0]
         k, s = self.sample_labels(batch, z0, generator)
         path = self.traverse(z0, k, s)
-        x_start, x_end, speed = self.decode_pair(z0, path[-1], k, s, decode)
+        z_end, m = path[-1], self.measured_samples(batch)
+        z, t, kk = collocation_points(path, k, self.flow, generator)
+        # One gradient pass serves the initial condition, grad u(z, 0) at the collocation
+        # points, and the flow velocity at the end points the variation term measures.
+        grads = self.potentials.grad_z(
+            torch.cat([z, z_end[:m]]),
+            torch.cat([torch.zeros_like(t), t.new_full((m, 1), self.flow.t_end)]),
+            torch.cat([kk, k[:m]]),
+        )
+        grad0, v_end = grads.split([len(z), m])
+        v_end = s[:m] * v_end
+        x_start, x_end, speed = self.decode_pair(z0, z_end, v_end, decode)
         logits = self.classifier(x_start, x_end)
         terms = {"classification": F.cross_entropy(logits, k)}
         terms["accuracy"] = (logits.argmax(-1) == k).float().mean()
-        terms.update(self.pde_terms(path, k, generator))
+        terms["pde"] = pde_residual(
+            self.potentials, self.pde, z, t, kk, self.laplacian_mode, self.num_probes, generator
+        )
+        terms["initial"] = initial_condition_residual(grad0).mean()
         terms["variation"] = variation_loss(speed, self.variation_form, self.variation_eps)
         terms["loss"] = (
             weights.classification * terms["classification"]
@@ -136,39 +150,34 @@ class TraversalModel(nn.Module):
         )
         return TraversalOutput(terms, logits, k)
 
+    def measured_samples(self, batch: int) -> int:
+        """How many samples of a batch (the first ones) the variation term is measured on."""
+        if self.variation_form == "none":
+            return 0
+        return batch if self.variation_samples is None else min(self.variation_samples, batch)
+
+    def end_velocity(self, z_end: Tensor, k: Tensor, s: Tensor) -> Tensor:
+        """The flow velocity s grad u_k(z, T) at the end points of the measured samples."""
+        m = self.measured_samples(z_end.shape[0])
+        t_end = z_end.new_full((m, 1), self.flow.t_end)
+        return s[:m] * self.potentials.grad_z(z_end[:m], t_end, k[:m])
+
     def decode_pair(
-        self, z0: Tensor, z_end: Tensor, k: Tensor, s: Tensor, decode: Callable[[Tensor], Tensor]
+        self, z0: Tensor, z_end: Tensor, v_end: Tensor, decode: Callable[[Tensor], Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Start and end images, and the image speed at the end of the first samples.
 
         The start is decoded from z0 itself rather than from the trajectory's first point
         (the same values), so no gradient flows back through its decoding unless z0 asks for
-        one. The first ``variation_samples`` end points are decoded in forward mode along the
-        flow velocity, which yields their images and |J_G v|^2 in one pass.
+        one. The first ``len(v_end)`` end points (:meth:`measured_samples`) are decoded in
+        forward mode along their flow velocities ``v_end`` (:meth:`end_velocity`), which yields
+        their images and |J_G v|^2 in one pass.
         """
-        batch = z0.shape[0]
-        m = batch if self.variation_samples is None else min(self.variation_samples, batch)
-        if self.variation_form == "none":
-            m = 0
+        m = v_end.shape[0]
         x_start = decode(z0)
         if m == 0:
             return x_start, decode(z_end), z_end.new_zeros(0)
-        t_end = z_end.new_full((m, 1), self.flow.t_end)
-        v_end = s[:m] * self.potentials.grad_z(z_end[:m], t_end, k[:m])
         x_measured, speed = image_velocity(decode, z_end[:m], v_end)
-        if m == batch:
+        if m == z_end.shape[0]:
             return x_start, x_measured, speed
         return x_start, torch.cat([x_measured, decode(z_end[m:])]), speed
-
-    def pde_terms(self, path: Tensor, k: Tensor, generator=None) -> dict[str, Tensor]:
-        """Mean squared PDE residual and initial-condition residual."""
-        return pde_terms(
-            self.potentials,
-            self.pde,
-            path,
-            k,
-            self.flow,
-            self.laplacian_mode,
-            self.num_probes,
-            generator,
-        )
