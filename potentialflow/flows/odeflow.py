@@ -4,6 +4,7 @@ dz/dt = s * grad_z u_k(z, t), with s = +1 (flow up) or -1 (flow down) per sample
 step 1 reproduces the discrete steps z_{i+1} = z_i + grad u(z_i, i).
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,8 +12,9 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
+from potentialflow.flows.packed_euler import packed_euler
 from potentialflow.potentials.derivatives import gradient
-from potentialflow.potentials.networks import Groups
+from potentialflow.potentials.networks import Groups, PotentialNetwork
 
 __all__ = [
     "FlowConfig",
@@ -161,6 +163,13 @@ def integrate(
         groups = Groups(k, potential.num_potentials)
         field = PackedGradientField(potential, groups.pack(direction))
         start = groups.pack(z0)
+        if _hand_differentiated(potential, config):
+            trajectory = packed_euler(
+                potential, start, field.direction, config.times(z0), kwargs["options"]
+            )
+            trajectory = groups.unpack_steps(trajectory)
+            _check_finite(trajectory, k, config)
+            return trajectory
     else:
         field, start = GradientField(potential, k, direction), z0
     if config.adjoint:
@@ -170,6 +179,19 @@ def integrate(
         trajectory = groups.unpack_steps(trajectory)
     _check_finite(trajectory, k, config)
     return trajectory
+
+
+def _hand_differentiated(potential: Callable, config: FlowConfig) -> bool:
+    """Whether the flow takes the Euler path with a hand-written backward (packed_euler):
+    Euler stepping from one output time to the next, no adjoint, and a graph wanted."""
+    spacing = config.t_end / (config.num_points - 1)
+    return (
+        isinstance(potential, PotentialNetwork)
+        and config.solver == "euler"
+        and not config.adjoint
+        and (config.step_size is None or math.isclose(config.step_size, spacing))
+        and torch.is_grad_enabled()
+    )
 
 
 def _check_finite(trajectory: Tensor, k: Tensor, config: FlowConfig) -> None:
