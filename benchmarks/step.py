@@ -10,6 +10,7 @@ pair so that figures compare across implementations:
 """
 
 import argparse
+import random
 import resource
 import statistics
 import time
@@ -108,7 +109,8 @@ def generator_classifier_step(model, decoder, optimizers, z0) -> None:
     batch = z0.shape[0]
     k, s = model.sample_labels(batch, z0)
     z_end = (z0 + 0.1).requires_grad_(True)
-    x_start, x_end, speed = model.decode_pair(z0, z_end, k, s, decoder)
+    v_end = model.end_velocity(z_end, k, s)
+    x_start, x_end, speed = model.decode_pair(z0, z_end, v_end, decoder)
     logits = model.classifier(x_start, x_end)
     loss = F.cross_entropy(logits, k) + variation_loss(speed, model.variation_form, 1e-6)
     optimizers[1].zero_grad(set_to_none=True)
@@ -144,21 +146,26 @@ def seconds_per_call(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(interleaved_times([fn], repeats, warmup)[0])
 
 
-def interleaved_times(fns, repeats: int, warmup: int = 2) -> list[list[float]]:
-    """Seconds of each call of each function, the functions taking turns.
+def interleaved_times(fns, repeats: int, warmup: int = 2, seed: int = 0) -> list[list[float]]:
+    """Seconds of each call of each function, the functions taking turns in a random order.
 
     Taking turns puts each function's calls under the same drift of a shared machine's
-    speed, so the per-round differences between them are fair.
+    speed, so the per-round differences between them are fair; shuffling the order each
+    round keeps any one function from always running after the same other one (and in the
+    cache state it leaves).
     """
+    rng = random.Random(seed)
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
+    order = list(range(len(fns)))
     for _ in range(repeats):
-        for fn, record in zip(fns, times):
+        rng.shuffle(order)
+        for i in order:
             start = time.perf_counter()
-            fn()
-            record.append(time.perf_counter() - start)
+            fns[i]()
+            times[i].append(time.perf_counter() - start)
     return times
 
 
@@ -172,7 +179,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--pde", default="wave")
-    parser.add_argument("--variation-samples", type=int, default=32)
+    parser.add_argument("--variation-samples", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -181,10 +188,10 @@ def main() -> None:
         f"{args.steps} Euler steps, batch {args.batch}, hidden {args.hidden}, PDE {args.pde}"
     )
     print(
-        "median seconds per call, the calls taking turns; columns: full step; decoder + "
-        "classifier work inside it (start decoded, end decoded with the variation term's "
-        f"forward-mode pass on {args.variation_samples} samples, classifier, backward); the "
-        "rest of the step; a bare pair decode + classifier step; the potentials' share as the "
+        "median seconds per call, the calls taking turns in random order; columns: full step; "
+        "decoder + classifier work inside it (start decoded, end decoded with the variation "
+        f"term's forward-mode pass on {args.variation_samples} samples, classifier, backward); "
+        "the rest of the step; a bare pair decode + classifier step; the potentials' share as the "
         "paper's figures count it (median over rounds of step minus pair step)"
     )
     header = ("latent", "laplacian", "step s", "dec+cls s", "rest s", "pair s", "share s")
