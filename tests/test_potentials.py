@@ -304,3 +304,33 @@ def test_pde_registry():
     torch.testing.assert_close(hj.residual(d, k), z[:, :1] ** 2 + 0.5 * (2 * t * z[:, :1]) ** 2)
     with pytest.raises(ValueError, match="wave speed must be positive"):
         build_pde("wave", 2, speed=-1.0)
+
+
+@pytest.mark.parametrize("hidden,activation", [((16,), "tanh"), ((8, 12, 8), "softplus")])
+def test_grad_z_once_differentiable_matches_autograd(hidden, activation):
+    """grad_z(twice=False) has a hand-written backward: autograd's gradients, first order."""
+    torch.manual_seed(3)
+    net = PotentialNetwork(4, 3, hidden_dims=hidden, activation=activation).double()
+    z = torch.randn(9, 4, dtype=torch.float64)
+    t = torch.rand(9, 1, dtype=torch.float64)
+    k = torch.tensor([0, 2, 2, 0, 2, 0, 0, 2, 2])  # potential 1 unused: padded rows
+    cotangent = torch.randn(9, 4, dtype=torch.float64)
+    results = []
+    for twice in (True, False):
+        net.zero_grad()
+        zz = z.clone().requires_grad_(True)
+        g = net.grad_z(zz, t, k, twice=twice)
+        (g * cotangent).sum().backward()
+        results.append((g.detach(), zz.grad, [p.grad for p in net.gradient_parameters()]))
+    (g1, dz1, p1), (g2, dz2, p2) = results
+    torch.testing.assert_close(g2, g1, atol=1e-13, rtol=1e-12)
+    torch.testing.assert_close(dz2, dz1, atol=1e-13, rtol=1e-10)
+    torch.testing.assert_close(p2, p1, atol=1e-13, rtol=1e-10)
+    zz = z.clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(net.grad_z(zz, t, k, twice=False).sum(), zz, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(first.sum(), zz)
+    # A time that asks for a gradient takes the differentiable path.
+    tt = t.clone().requires_grad_(True)
+    (dt,) = torch.autograd.grad(net.grad_z(z, tt, k, twice=False).sum(), tt)
+    assert dt.abs().sum() > 0

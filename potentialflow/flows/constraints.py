@@ -59,7 +59,7 @@ def pde_terms(
 ) -> dict[str, Tensor]:
     """Mean squared PDE residual (``pde``) and initial-condition residual (``initial``)."""
     z, t, kk = collocation_points(path, k, flow, generator)
-    grad0 = potentials.grad_z(z, torch.zeros_like(t), kk)
+    grad0 = potentials.grad_z(z, torch.zeros_like(t), kk, twice=False)
     return {
         "pde": pde_residual(potentials, pde, z, t, kk, laplacian_mode, num_probes, generator),
         "initial": initial_condition_residual(grad0).mean(),

@@ -56,46 +56,14 @@ class _PackedEuler(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_path):
-        net, steps = ctx.potential, ctx.steps
-        lam = grad_path[-1]
-        layers = len(net.weights) - 1
-        pairs = [[] for _ in range(layers)]
-        biases = [[] for _ in range(layers)]
-        times, outs = [], []
-        for n in reversed(range(len(steps))):
-            dt, state = steps[n]
-            dz, parts = net.packed_gradient_vjp(state, (dt * ctx.direction) * lam)
-            for i in range(layers):
-                pairs[i] += parts["weights"][i]
-                biases[i].append(parts["biases"][i])
-            times.append(parts["time"])
-            outs.append(parts["out"])
+        lam, parts = grad_path[-1], []
+        for n in reversed(range(len(ctx.steps))):
+            dt, state = ctx.steps[n]
+            dz, step_parts = ctx.potential.packed_gradient_vjp(state, (dt * ctx.direction) * lam)
+            parts.append(step_parts)
             lam = lam + dz + grad_path[n]
-        weights = [_sum_of_products(p) for p in pairs] + [torch.stack(outs).sum(0)]
-        grads = {
-            "weights": weights,
-            "biases": [torch.stack(b).sum(0) for b in biases],
-            "time": _sum_of_products(times),
-        }
-        return (None, None, None, None, lam, *_in_parameter_order(net, grads))
-
-
-def _sum_of_products(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """sum_j A_j^T B_j for (K, M_j, p) and (K, M_j, q) pairs, accumulated in one buffer."""
-    (a, b), *rest = pairs
-    total = torch.bmm(a.mT, b)
-    for a, b in rest:
-        total.baddbmm_(a.mT, b)
-    return total
-
-
-def _parameters(net: PotentialNetwork) -> list[Tensor]:
-    """The trainable parameters the flow reads, in a fixed order."""
-    return [*net.weights, *net.biases[:-1], net.time_weight]
-
-
-def _in_parameter_order(net: PotentialNetwork, grads: dict) -> list[Tensor]:
-    return [*grads["weights"], *grads["biases"][: len(net.biases) - 1], grads["time"]]
+        grads = ctx.potential.gradient_parameter_grads(parts)
+        return (None, None, None, None, lam, *grads)
 
 
 def packed_euler(
@@ -110,5 +78,5 @@ def packed_euler(
         times: (num_points,) output times; the Euler grid must step from one to the next.
         options: torchdiffeq options (``step_size``).
     """
-    params = _parameters(potential)
+    params = potential.gradient_parameters()
     return _PackedEuler.apply(potential, direction, times, options, z0, *params)

@@ -131,6 +131,7 @@ class TraversalModel(nn.Module):
             torch.cat([z, z_end[:m]]),
             torch.cat([torch.zeros_like(t), t.new_full((m, 1), self.flow.t_end)]),
             torch.cat([kk, k[:m]]),
+            twice=False,
         )
         grad0, v_end = grads.split([len(z), m])
         v_end = s[:m] * v_end

@@ -146,15 +146,22 @@ class PotentialNetwork(nn.Module):
             torch.baddbmm(self.biases[0], e, self.time_weight), z, self.weights[0]
         )
 
-    def grad_z(self, z: Tensor, t: Tensor, k: Tensor) -> Tensor:
+    def grad_z(self, z: Tensor, t: Tensor, k: Tensor, twice: bool = True) -> Tensor:
         """Closed-form gradient of u_k(z, t) in z: (batch, latent_dim).
 
         The backward pass is written as ordinary forward operations, so the result can itself
         be differentiated (to the weights, and again in z) without double-backward overhead.
+
+        Args:
+            twice: with False, the result is differentiated by a hand-written vector-Jacobian
+                product (:meth:`packed_gradient_vjp`), which is faster but first-order only
+                and gives t no gradient; a loss built on it can be back-propagated once.
         """
         groups = Groups(k, self.num_potentials)
-        a = self._first_layer(groups.pack(z), groups.pack(self.embed(t)))
-        return groups.unpack(self._grad_from(a))
+        z_packed, e = groups.pack(z), groups.pack(self.embed(t))
+        if twice or not torch.is_grad_enabled() or t.requires_grad:
+            return groups.unpack(self._grad_from(self._first_layer(z_packed, e)))
+        return groups.unpack(_PackedGradient.apply(self, z_packed, e, *self.gradient_parameters()))
 
     def packed_grad_z(self, z: Tensor, t: Tensor) -> Tensor:
         """grad_z u_k for codes already packed by potential, at one time shared by all.
@@ -192,6 +199,10 @@ class PotentialNetwork(nn.Module):
         under ``no_grad`` and :meth:`packed_gradient_vjp` on the way back.
         """
         e = self.embed(t.reshape(1, 1).to(z.dtype)).expand(self.num_potentials, 1, -1)
+        return self._gradient_state(z, e)
+
+    def _gradient_state(self, z: Tensor, e: Tensor) -> tuple[Tensor, "GradientState"]:
+        """As :meth:`packed_gradient_state`, from packed time embeddings e, (K, 1 or M, E)."""
         a = self._first_layer(z, e)
         hs, slopes, curvatures = [], [], []
         for i in range(len(self.weights) - 1):
@@ -237,8 +248,26 @@ class PotentialNetwork(nn.Module):
             biases[i] = da.sum(1, keepdim=True)
             pairs[i].append((state.hs[i - 1] if i > 0 else state.z, da))
         dz = torch.bmm(da, self.weights[0].mT)
-        parts = {"weights": pairs, "biases": biases, "time": (state.e, biases[0]), "out": d_out}
+        # a_0 = z W_0 + e W_t + b_0: one embedding per potential, or one per sample.
+        time = (state.e, biases[0]) if state.e.shape[1] == 1 else (state.e, da)
+        parts = {"weights": pairs, "biases": biases, "time": time, "out": d_out}
         return dz, parts
+
+    def gradient_parameters(self) -> list[Tensor]:
+        """The trainable parameters the gradient in z reads, in the order of
+        :meth:`gradient_parameter_grads`."""
+        return [*self.weights, *self.biases[:-1], self.time_weight]
+
+    def gradient_parameter_grads(self, parts: list[dict]) -> list[Tensor]:
+        """The parameters' gradients from the parts of one or more gradient VJPs."""
+        layers = len(self.weights) - 1
+        weights = [
+            _sum_of_products([q for p in parts for q in p["weights"][i]]) for i in range(layers)
+        ]
+        biases = [torch.stack([p["biases"][i] for p in parts]).sum(0) for i in range(layers)]
+        out = torch.stack([p["out"] for p in parts]).sum(0)
+        time = _sum_of_products([p["time"] for p in parts])
+        return [*weights, out, *biases, time]
 
     def jet(
         self,
@@ -427,6 +456,31 @@ class Groups:
     def unpack_steps(self, y: Tensor) -> Tensor:
         """(steps, K, M, ...) -> (steps, batch, ...), e.g. a packed trajectory."""
         return y.flatten(1, 2)[:, self.slot]
+
+
+class _PackedGradient(torch.autograd.Function):
+    """grad_z u on packed codes with the hand-written vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, net, z, e, *params):
+        grad, ctx.state = net._gradient_state(z, e)
+        ctx.net = net
+        return grad
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, cotangent):
+        dz, parts = ctx.net.packed_gradient_vjp(ctx.state, cotangent)
+        return (None, dz, None, *ctx.net.gradient_parameter_grads([parts]))
+
+
+def _sum_of_products(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """sum_j A_j^T B_j for (K, M_j, p) and (K, M_j, q) pairs, accumulated in one buffer."""
+    (a, b), *rest = pairs
+    total = torch.bmm(a.mT, b)
+    for a, b in rest:
+        total.baddbmm_(a.mT, b)
+    return total
 
 
 def _uniform(num: int, fan_in: int, fan_out: int, bound: float) -> Tensor:
