@@ -334,3 +334,17 @@ def test_grad_z_once_differentiable_matches_autograd(hidden, activation):
     tt = t.clone().requires_grad_(True)
     (dt,) = torch.autograd.grad(net.grad_z(z, tt, k, twice=False).sum(), tt)
     assert dt.abs().sum() > 0
+
+
+def test_state_dicts_with_one_first_layer_matrix_still_load():
+    """Older checkpoints hold the first layer as one matrix on [z, embed(t)]."""
+    torch.manual_seed(0)
+    net = PotentialNetwork(3, 2, hidden_dims=(8,))
+    old = dict(net.state_dict())
+    old["weights.0"] = torch.cat([old["weights.0"], old.pop("time_weight")], dim=1)
+    z, t, k = torch.randn(4, 3), torch.rand(4, 1), torch.tensor([0, 1, 1, 0])
+    expected = net(z, t, k)
+    fresh = PotentialNetwork(3, 2, hidden_dims=(8,))
+    wrapper = torch.nn.ModuleDict({"potentials": fresh})
+    wrapper.load_state_dict({f"potentials.{key}": value for key, value in old.items()})
+    torch.testing.assert_close(fresh(z, t, k), expected)

@@ -161,15 +161,16 @@ def integrate(
     kwargs = config.options()
     if hasattr(potential, "packed_grad_z") and config.solver in FIXED_STEP_SOLVERS:
         groups = Groups(k, potential.num_potentials)
-        field = PackedGradientField(potential, groups.pack(direction))
-        start = groups.pack(z0)
+        start, packed_direction = groups.pack(z0), groups.pack(direction)
         if _hand_differentiated(potential, config):
+            options = kwargs["options"]
             trajectory = packed_euler(
-                potential, start, field.direction, config.times(z0), kwargs["options"]
+                potential, start, packed_direction, config.times(z0), options
             )
             trajectory = groups.unpack_steps(trajectory)
             _check_finite(trajectory, k, config)
             return trajectory
+        field = PackedGradientField(potential, packed_direction)
     else:
         field, start = GradientField(potential, k, direction), z0
     if config.adjoint:

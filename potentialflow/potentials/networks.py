@@ -123,6 +123,17 @@ class PotentialNetwork(nn.Module):
         # (find_unused_parameters=False) refuses a parameter that never gets a gradient.
         self.biases[-1].requires_grad_(False)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before the first layer's rows were split keep one matrix on
+        # [z, embed(t)] in weights.0: split it the same way.
+        first, time = prefix + "weights.0", prefix + "time_weight"
+        if time not in state_dict and first in state_dict:
+            joined = state_dict[first]
+            if joined.dim() == 3 and joined.shape[1] == self.latent_dim + self.embed.dim:
+                state_dict[first] = joined[:, : self.latent_dim]
+                state_dict[time] = joined[:, self.latent_dim :]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, z: Tensor, t: Tensor, k: Tensor) -> Tensor:
         """Evaluates u_k(z, t).
 
