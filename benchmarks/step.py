@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--probes", type=int, default=4)
     parser.add_argument("--pde", default="wave")
-    parser.add_argument("--variation-samples", type=int, default=32)
+    parser.add_argument("--variation-samples", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)

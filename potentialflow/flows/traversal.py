@@ -76,7 +76,7 @@ class TraversalModel(nn.Module):
         num_probes: int = 8,
         variation_form: str = "log",
         variation_eps: float = 1e-4,
-        variation_samples: int | None = 32,
+        variation_samples: int | None = 16,
     ) -> None:
         super().__init__()
         if variation_samples is not None and int(variation_samples) < 1:

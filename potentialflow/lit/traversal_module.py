@@ -91,7 +91,7 @@ class TraversalModule(PotentialflowModule):
         adjoint: bool = False,
         variation_form: str = "log",
         variation_eps: float = 1e-6,
-        variation_samples: int | None = 32,
+        variation_samples: int | None = 16,
         weight_classification: float = 1.0,
         weight_pde: float = 1.0,
         weight_initial: float = 0.1,
