@@ -188,8 +188,13 @@ class PotentialNetwork(nn.Module):
         Returns:
             (K, M, latent_dim).
         """
-        e = self.embed(t.reshape(1, 1).to(z.dtype)).expand(self.num_potentials, 1, -1)
+        e = self._shared_embedding(t, z)
         return self._grad_from(self._first_layer(z, e))
+
+    def _shared_embedding(self, t: Tensor, like: Tensor) -> Tensor:
+        """The embedding of one scalar time shared by all codes, as a per-potential bias
+        input, (K, 1, E)."""
+        return self.embed(t.reshape(1, 1).to(like.dtype)).expand(self.num_potentials, 1, -1)
 
     def _grad_from(self, a: Tensor) -> Tensor:
         """Packed gradient in z from the first layer's pre-activation a, (K, M, hidden)."""
@@ -209,7 +214,7 @@ class PotentialNetwork(nn.Module):
         Flows that differentiate by hand (:mod:`potentialflow.flows.packed_euler`) call this
         under ``no_grad`` and :meth:`packed_gradient_vjp` on the way back.
         """
-        e = self.embed(t.reshape(1, 1).to(z.dtype)).expand(self.num_potentials, 1, -1)
+        e = self._shared_embedding(t, z)
         return self._gradient_state(z, e)
 
     def _gradient_state(self, z: Tensor, e: Tensor) -> tuple[Tensor, "GradientState"]:
